@@ -1,0 +1,27 @@
+//! Read and write [Orbax](https://github.com/google/orbax) PyTree
+//! checkpoints — the format JAX training jobs write with `orbax-checkpoint`
+//! on top of TensorStore — without Python.
+//!
+//! The crate is layered; each layer is a module that only uses the ones
+//! above it in this list:
+//!
+//! * [`storage`]: bytes by key (local disk, memory; cloud stores in sibling crates).
+//! * [`ocdbt`]: TensorStore's OCDBT key-value database on top of storage.
+//! * [`zarr`]: zarr v3 / v2 arrays on top of a key-value store.
+//! * [`metadata`]: Orbax's JSON (and legacy msgpack) metadata files and directory layout.
+//! * the PyTree API ([`pytree_metadata`], [`load_pytree`], [`checkpointables_metadata`],
+//!   [`load_checkpointables`], and [`blocking`] for callers without an async runtime).
+//!
+//! The on-disk format is specified in `format-spec/` at the repository root.
+#![deny(missing_docs)]
+
+mod dtype;
+mod error_kind;
+mod python_repr;
+mod pytree;
+pub mod storage;
+
+pub use dtype::{DType, ScalarValue};
+pub use error_kind::ErrorKind;
+pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
+pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};

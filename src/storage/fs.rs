@@ -1,0 +1,230 @@
+//! The local filesystem as a [`Storage`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind as IoKind, Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{validate_key, Capabilities, ListResult, ObjectMeta, PutMode, Result, Storage, StorageError};
+
+/// A directory of the local filesystem; keys are paths relative to it.
+///
+/// Whole-object writes go to a temporary file in the same directory and are
+/// then renamed (or hard-linked, for [`PutMode::Create`]) into place, so a
+/// reader never sees half an object. Prefix renames are directory renames.
+#[derive(Debug, Clone)]
+pub struct LocalFileSystem {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalFileSystem {
+    /// A store rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalFileSystem { root: root.into() }
+    }
+
+    /// The directory this store is rooted at.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn dir_path(&self, prefix: &str) -> Result<PathBuf> {
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty() {
+            Ok(self.root.clone())
+        } else {
+            self.path(prefix)
+        }
+    }
+}
+
+fn io_error(key: &str, source: std::io::Error) -> StorageError {
+    if source.kind() == IoKind::NotFound {
+        StorageError::NotFound { key: key.to_string() }
+    } else {
+        StorageError::Io { key: key.to_string(), source }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+fn read_range(path: &Path, key: &str, range: Range<u64>) -> Result<Bytes> {
+    let file = File::open(path).map_err(|e| io_error(key, e))?;
+    let size = file.metadata().map_err(|e| io_error(key, e))?.len();
+    if range.end > size || range.start > range.end {
+        return Err(StorageError::OutOfRange { key: key.to_string(), start: range.start, end: range.end, size });
+    }
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    file.read_exact_at(&mut buf, range.start).map_err(|e| io_error(key, e))?;
+    Ok(Bytes::from(buf))
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == IoKind::NotFound || e.kind() == IoKind::NotADirectory => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk(&entry.path(), &key, out)?;
+        } else if meta.is_file() {
+            out.push(ObjectMeta { key, size: meta.len(), last_modified: meta.modified().ok() });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Storage for LocalFileSystem {
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        blocking(move || {
+            let mut file = File::open(&path).map_err(|e| io_error(&key, e))?;
+            let mut buf = Vec::new();
+            file.read_to_end(&mut buf).map_err(|e| io_error(&key, e))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        blocking(move || read_range(&path, &key, range)).await
+    }
+
+    async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        // Local reads are cheap per call; read each range with one pread so
+        // no bytes between ranges are copied.
+        let path = self.path(key)?;
+        let key = key.to_string();
+        let ranges = ranges.to_vec();
+        blocking(move || ranges.into_iter().map(|r| read_range(&path, &key, r)).collect()).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let path = self.path(key)?;
+        let meta = tokio::fs::metadata(&path).await.map_err(|e| io_error(key, e))?;
+        if !meta.is_file() {
+            return Err(StorageError::NotFound { key: key.to_string() });
+        }
+        Ok(ObjectMeta { key: key.to_string(), size: meta.len(), last_modified: meta.modified().ok() })
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        blocking(move || {
+            let dir = path.parent().expect("a validated key has a parent");
+            fs::create_dir_all(dir).map_err(|e| io_error(&key, e))?;
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+            let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(&key, e))?;
+            let written = file.write_all(&data).and_then(|_| file.sync_data());
+            drop(file);
+            let placed = written.and_then(|_| match mode {
+                PutMode::Overwrite => fs::rename(&tmp, &path),
+                PutMode::Create => fs::hard_link(&tmp, &path).and_then(|_| fs::remove_file(&tmp)),
+            });
+            placed.map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                if e.kind() == IoKind::AlreadyExists {
+                    StorageError::AlreadyExists { key: key.clone() }
+                } else {
+                    io_error(&key, e)
+                }
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let dir = self.dir_path(prefix)?;
+        let rel = prefix.trim_end_matches('/').to_string();
+        blocking(move || {
+            let mut out = Vec::new();
+            walk(&dir, &rel, &mut out).map_err(|e| io_error(&rel, e))?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_with_delimiter(&self, prefix: &str) -> Result<ListResult> {
+        let dir = self.dir_path(prefix)?;
+        let rel = prefix.trim_end_matches('/').to_string();
+        blocking(move || {
+            let mut result = ListResult::default();
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == IoKind::NotFound || e.kind() == IoKind::NotADirectory => return Ok(result),
+                Err(e) => return Err(io_error(&rel, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error(&rel, e))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                let key = super::join_key(&rel, &name);
+                let meta = entry.metadata().map_err(|e| io_error(&key, e))?;
+                if meta.is_dir() {
+                    result.prefixes.push(key);
+                } else if meta.is_file() {
+                    result.objects.push(ObjectMeta { key, size: meta.len(), last_modified: meta.modified().ok() });
+                }
+            }
+            result.objects.sort_by(|a, b| a.key.cmp(&b.key));
+            result.prefixes.sort();
+            Ok(result)
+        })
+        .await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { atomic_rename: true, conditional_create: true }
+    }
+
+    async fn rename_prefix(&self, from: &str, to: &str) -> Result<()> {
+        let from_path = self.dir_path(from)?;
+        let to_path = self.dir_path(to)?;
+        let to_key = to.to_string();
+        blocking(move || {
+            if let Some(parent) = to_path.parent() {
+                fs::create_dir_all(parent).map_err(|e| io_error(&to_key, e))?;
+            }
+            fs::rename(&from_path, &to_path).map_err(|e| io_error(&to_key, e))
+        })
+        .await
+    }
+}
