@@ -17,6 +17,9 @@
 
 mod dtype;
 mod error_kind;
+pub mod kvstore;
+pub mod metadata;
+pub mod ocdbt;
 mod python_repr;
 mod pytree;
 pub mod storage;

@@ -1,0 +1,1 @@
+//! Orbax metadata files (being written).
