@@ -23,6 +23,7 @@ pub mod ocdbt;
 mod python_repr;
 mod pytree;
 pub mod storage;
+pub mod zarr;
 
 pub use dtype::{DType, ScalarValue};
 pub use error_kind::ErrorKind;

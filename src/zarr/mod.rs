@@ -1,0 +1,246 @@
+//! zarr v3 and v2 arrays, as TensorStore writes them for Orbax, read
+//! through a [`KvSource`].
+//!
+//! This is a purpose-built subset rather than the `zarrs` crate (see
+//! `docs/decisions.md`): TensorStore's Orbax output uses one codec chain
+//! (`sharding_indexed` over `bytes` + optional `zstd`, index `bytes` +
+//! `crc32c`) or zarr v2 with zstd, stored inside OCDBT rather than a
+//! filesystem, with `ml_dtypes` names in v2 metadata that general zarr
+//! readers reject. Owning the decoder lets chunks decompress straight into
+//! the output buffer and lets byte-range reads target shard entries.
+
+mod codec;
+mod metadata;
+
+use rayon::prelude::*;
+
+use crate::kvstore::{KvError, KvSource};
+use crate::pytree::{num_elements, Array};
+use crate::ErrorKind;
+
+pub use codec::{copy_block, fill_with, unravel, zstd_decompress, ShardIndex, MISSING_INNER_CHUNK};
+pub use metadata::{
+    parse_v2_dtype, ArrayMetadata, ArrayToBytes, BytesCodec, ChunkKeyEncoding, CodecChain, ShardIndexCodecs, Sharding,
+    MAX_RANK,
+};
+
+/// Errors of the zarr layer. Each names the metadata file or chunk key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ZarrError {
+    /// Reading a key failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// Neither `zarr.json` nor `.zarray` exists for the array.
+    #[error("{location}: no zarr.json or .zarray")]
+    MissingMetadata {
+        /// Where the array should be.
+        location: String,
+    },
+    /// Invalid array metadata.
+    #[error("{file}: {what}")]
+    Metadata {
+        /// The metadata file.
+        file: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// Valid zarr this reader does not implement.
+    #[error("{file}: unsupported {what}")]
+    Unsupported {
+        /// The metadata file.
+        file: String,
+        /// The construct.
+        what: String,
+    },
+    /// A size beyond what can be read.
+    #[error("{file}: {what}")]
+    Limit {
+        /// The metadata file or chunk.
+        file: String,
+        /// What is too large.
+        what: String,
+    },
+    /// A malformed chunk or shard.
+    #[error("{key}: {what}")]
+    Corrupt {
+        /// The chunk.
+        key: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A checksum mismatch.
+    #[error("{key}: {what} mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// The chunk.
+        key: String,
+        /// Which checksum.
+        what: String,
+        /// The stored value.
+        stored: u32,
+        /// The value of the bytes.
+        computed: u32,
+    },
+    /// A chunk decoded to the wrong number of bytes.
+    #[error("{key}: decoded to {found} bytes, expected {expected}")]
+    ChunkSize {
+        /// The chunk.
+        key: String,
+        /// Bytes the chunk shape needs.
+        expected: u64,
+        /// Bytes found.
+        found: u64,
+    },
+    /// A chunk that must exist is missing.
+    #[error("{key}: chunk is missing, and the checkpoint says every chunk was stored")]
+    MissingChunk {
+        /// The chunk.
+        key: String,
+    },
+}
+
+impl ZarrError {
+    /// The class of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ZarrError::Kv(e) => e.kind(),
+            ZarrError::MissingMetadata { .. } | ZarrError::MissingChunk { .. } => ErrorKind::NotFound,
+            ZarrError::Metadata { .. } | ZarrError::Corrupt { .. } | ZarrError::ChunkSize { .. } => ErrorKind::Corrupt,
+            ZarrError::Unsupported { .. } => ErrorKind::Unsupported,
+            ZarrError::Limit { .. } => ErrorKind::Limit,
+            ZarrError::Checksum { .. } => ErrorKind::Checksum,
+        }
+    }
+}
+
+/// What to do with a chunk that was never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingChunks {
+    /// It is an error (Orbax writes every chunk when
+    /// `store_array_data_equal_to_fill_value` is true).
+    Error,
+    /// It reads as the fill value.
+    Fill,
+}
+
+/// Decoded chunks are copied into the output in batches of at most this
+/// many bytes, which bounds the extra memory of a multi-chunk read.
+const DECODE_BATCH_BYTES: u64 = 64 << 20;
+
+/// A zarr array stored under a key prefix (an Orbax parameter name).
+#[derive(Debug, Clone)]
+pub struct ZarrArray {
+    name: String,
+    metadata: ArrayMetadata,
+}
+
+impl ZarrArray {
+    fn key(&self, rel: &str) -> String {
+        array_key(&self.name, rel)
+    }
+
+    /// Opens the array named `name` (`""` for a tree that is a single leaf),
+    /// reading `zarr.json` or, failing that, `.zarray`.
+    pub async fn open(kv: &dyn KvSource, name: &str) -> Result<ZarrArray, ZarrError> {
+        let v3 = array_key(name, "zarr.json");
+        if let Some(bytes) = kv.get(&v3).await? {
+            let metadata = ArrayMetadata::parse_v3(&bytes, &kv.describe(&v3))?;
+            return Ok(ZarrArray { name: name.to_string(), metadata });
+        }
+        let v2 = array_key(name, ".zarray");
+        if let Some(bytes) = kv.get(&v2).await? {
+            let metadata = ArrayMetadata::parse_v2(&bytes, &kv.describe(&v2))?;
+            return Ok(ZarrArray { name: name.to_string(), metadata });
+        }
+        Err(ZarrError::MissingMetadata { location: kv.describe(name) })
+    }
+
+    /// The parsed metadata.
+    pub fn metadata(&self) -> &ArrayMetadata {
+        &self.metadata
+    }
+
+    /// The key (relative to the key-value source) of chunk `index`.
+    pub fn chunk_key(&self, index: &[u64]) -> String {
+        self.key(&self.metadata.key_encoding.key(index))
+    }
+
+    /// Reads the whole array.
+    pub async fn read(&self, kv: &dyn KvSource, missing: MissingChunks) -> Result<Array, ZarrError> {
+        let m = &self.metadata;
+        let limit = |what: String| ZarrError::Limit { file: kv.describe(&self.key("")), what };
+        let nbytes = m.nbytes().ok_or_else(|| limit(format!("shape {:?} overflows", m.shape)))?;
+        let nbytes = usize::try_from(nbytes).map_err(|_| limit(format!("{nbytes} bytes do not fit in memory")))?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(nbytes).map_err(|_| limit(format!("cannot allocate {nbytes} bytes for shape {:?}", m.shape)))?;
+        out.resize(nbytes, 0);
+        let item = m.dtype.size();
+        let chunk_elements = num_elements(&m.chunk_shape).expect("checked at parse");
+        let chunk_bytes = chunk_elements * item as u64;
+        let grid = m.grid_shape();
+        let num_chunks = num_elements(&grid).expect("bounded by the shape");
+        if num_chunks == 0 {
+            return Ok(Array::new(m.dtype, m.shape.clone(), out).expect("sized from the shape"));
+        }
+        let batch = (DECODE_BATCH_BYTES / chunk_bytes.max(1)).clamp(1, num_chunks);
+        let mut first = 0;
+        while first < num_chunks {
+            let indices: Vec<Vec<u64>> = (first..(first + batch).min(num_chunks)).map(|n| unravel(n, &grid)).collect();
+            let keys: Vec<String> = indices.iter().map(|i| self.chunk_key(i)).collect();
+            let values = kv.get_many(&keys).await?;
+            if m.chunk_shape == m.shape && indices.len() == 1 {
+                // One chunk covers the array exactly: decode in place.
+                self.decode_into(kv, &keys[0], values[0].as_deref(), missing, &mut out)?;
+            } else {
+                let decoded: Vec<Vec<u8>> = keys
+                    .par_iter()
+                    .zip(values.par_iter())
+                    .map(|(key, value)| {
+                        let mut buf = vec![0u8; chunk_bytes as usize];
+                        self.decode_into(kv, key, value.as_deref(), missing, &mut buf)?;
+                        Ok(buf)
+                    })
+                    .collect::<Result<_, ZarrError>>()?;
+                for (index, buf) in indices.iter().zip(&decoded) {
+                    let origin: Vec<u64> = index.iter().zip(&m.chunk_shape).map(|(i, c)| i * c).collect();
+                    let extent: Vec<u64> =
+                        origin.iter().zip(&m.chunk_shape).zip(&m.shape).map(|((o, c), s)| (*c).min(s - o)).collect();
+                    copy_block(buf, &m.chunk_shape, &mut out, &m.shape, &origin, &extent, item);
+                }
+            }
+            first += batch;
+        }
+        m.dtype.normalize_stored(&mut out);
+        Ok(Array::new(m.dtype, m.shape.clone(), out).expect("sized from the shape"))
+    }
+
+    fn decode_into(
+        &self,
+        kv: &dyn KvSource,
+        key: &str,
+        value: Option<&[u8]>,
+        missing: MissingChunks,
+        out: &mut [u8],
+    ) -> Result<(), ZarrError> {
+        let m = &self.metadata;
+        match (value, missing) {
+            (Some(bytes), _) => {
+                codec::decode_chunk(&kv.describe(key), bytes, &m.codecs, &m.chunk_shape, m.dtype.size(), &m.fill_value, out)
+            }
+            (None, MissingChunks::Fill) => {
+                fill_with(out, &m.fill_value);
+                Ok(())
+            }
+            (None, MissingChunks::Error) => Err(ZarrError::MissingChunk { key: kv.describe(key) }),
+        }
+    }
+}
+
+/// `name/rel`, or just `rel` for the root array `""`.
+pub fn array_key(name: &str, rel: &str) -> String {
+    match (name.is_empty(), rel.is_empty()) {
+        (true, _) => rel.to_string(),
+        (false, true) => name.to_string(),
+        (false, false) => format!("{name}/{rel}"),
+    }
+}
