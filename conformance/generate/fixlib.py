@@ -35,7 +35,7 @@ def npy_view(arr):
   name = arr.dtype.name
   if name in _BITS_U16:
     out = arr.view(np.uint16)
-  elif name.startswith("float8") or name.startswith("float4") or name.startswith("float6"):
+  elif name.startswith("float8_") or name.startswith("float4_") or name.startswith("float6_"):
     out = arr.view(np.uint8)
   elif name in ("int4", "int2", "int1"):
     out = arr.astype(np.int8)
@@ -153,29 +153,49 @@ def pytree_leaves(item_dir, tree, casts=None, scalar_casts=None):
   out = []
   if meta is not None:
     entries = list(meta["tree_metadata"].values())
-    if len(entries) != len(gt):
+    by_path = dict(gt)
+    if len(entries) != len(gt) or len(by_path) != len(gt):
       raise AssertionError("%s: _METADATA has %d entries, ground truth %d" %
                            (item_dir, len(entries), len(gt)))
-    for entry, (path, leaf) in zip(entries, gt):
+    # Leaves follow the order of the _METADATA entries (= JAX flatten order
+    # for a normal save; partial saves append later additions at the end).
+    for entry in entries:
       keys = entry["key_metadata"]
       names = tuple(str(k["key"]) for k in keys)
-      if names != path:
-        raise AssertionError("%s: order mismatch %r vs %r" % (item_dir, names, path))
+      if names not in by_path:
+        raise AssertionError("%s: %r not in ground truth" % (item_dir, names))
+      leaf = by_path[names]
       keypath = [int(k["key"]) if k.get("key_type") == 1 else str(k["key"])
                  for k in keys]
       vt = entry["value_metadata"]["value_type"]
       out.append(_leaf(keypath, KIND_BY_VALUE_TYPE[vt], leaf,
-                       casts.get(".".join(path)), ".".join(path)))
+                       casts.get(".".join(names)), ".".join(names)))
   else:
-    # no _METADATA (orbax < 0.4.3): derive from the ground truth
+    # no _METADATA (orbax < 0.4.3): derive from the ground truth.  A reader
+    # only sees the msgpack structure + zarr arrays, so every leaf stored in
+    # TensorStore is reported as an "array" (rank 0 for Python scalars);
+    # only values kept inside the msgpack file itself can be "scalar".
     import jax
+    aggregated = msgpack_aggregated(item_dir)
     flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_empty_or_none)
     for p, leaf in flat:
       keypath = [k.idx if isinstance(k, jax.tree_util.SequenceKey) else key_str(k)
                  for k in p]
       names = ".".join(key_str(k) for k in p)
-      out.append(_leaf(keypath, _guess_kind(leaf), leaf, casts.get(names), names))
+      kind = _guess_kind(leaf)
+      if kind == "scalar" and names not in aggregated:
+        kind = "array"
+        leaf = scalar_numpy(leaf)
+      out.append(_leaf(keypath, kind, leaf, casts.get(names), names))
   return out
+
+
+def metadata_order_is_flatten_order(item_dir, tree):
+  meta = read_metadata(item_dir)
+  if meta is None:
+    return True
+  got = [tuple(str(k["key"]) for k in e["key_metadata"]) for e in meta["tree_metadata"].values()]
+  return got == [p for p, _ in flatten(tree)]
 
 
 def _guess_kind(leaf):
@@ -375,6 +395,7 @@ class Index:
   def __init__(self, version):
     self.version = version
     self.entries = []
+    self.removed = set()
 
   def add(self, name, api, path, kind, exercises, notes=""):
     self.entries.append({"name": name, "orbax_version": self.version, "api": api,
@@ -386,8 +407,8 @@ class Index:
     if os.path.exists(INDEX_PATH):
       with open(INDEX_PATH) as f:
         old = json.load(f)
-    names = {e["name"] for e in self.entries}
-    merged = [e for e in old if e["name"] not in names and e["orbax_version"] != self.version]
+    names = {e["name"] for e in self.entries} | self.removed
+    merged = [e for e in old if e["name"] not in names]
     merged += self.entries
     merged.sort(key=lambda e: e["name"])
     write_json(INDEX_PATH, merged)
@@ -401,3 +422,33 @@ def kv_doc(kvs):
 
 def b64name(name):
   return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def msgpack_aggregated(item_dir):
+  """Param names whose values live in the legacy msgpack `checkpoint` file
+  (i.e. not 'PLACEHOLDER://...' strings)."""
+  p = os.path.join(item_dir, "checkpoint")
+  if not os.path.exists(p):
+    return set()
+  import msgpack
+  with open(p, "rb") as f:
+    obj = msgpack.unpackb(f.read(), raw=False, strict_map_key=False,
+                          ext_hook=lambda code, data: msgpack.ExtType(code, data))
+  out = set()
+
+  def rec(x, path):
+    if isinstance(x, dict) and x:
+      for k, v in x.items():
+        rec(v, path + [str(k)])
+    elif isinstance(x, list) and x:
+      for i, v in enumerate(x):
+        rec(v, path + [str(i)])
+    elif isinstance(x, str) and x.startswith("PLACEHOLDER://"):
+      pass
+    elif x is None or x == {} or x == []:
+      pass  # empty values are stored literally
+    else:
+      out.add(".".join(path))
+
+  rec(obj, [])
+  return out
