@@ -1,11 +1,12 @@
 //! Element types, with their numpy, zarr v3 and zarr v2 names.
 //!
 //! The table is the set Orbax 0.12.8 + TensorStore 0.1.86 can store (see
-//! `format-spec/05-dtypes.md`). Sub-byte types (`int4`, `uint4`, `int2`,
-//! `uint2`, `float4_e2m1fn`) take one byte per element on disk and in
-//! memory, as in TensorStore and `ml_dtypes`. In an [`Array`](crate::Array)
-//! signed sub-byte integers are sign-extended bytes, unsigned ones and
-//! `float4_e2m1fn` keep their bit pattern in the low bits.
+//! `format-spec/05-dtypes.md`; `uint4`, `uint2`, `float8_e4m3` and the
+//! float6 types are not in it because TensorStore rejects them). Sub-byte types (`int4`, `int2`,
+//! `float4_e2m1fn`) take one byte per element on disk and in memory, as in
+//! TensorStore and `ml_dtypes`. In an [`Array`](crate::Array) `int4`/`int2`
+//! are sign-extended bytes and `float4_e2m1fn` keeps its bit pattern in the
+//! low four bits.
 
 use std::fmt;
 
@@ -77,7 +78,6 @@ dtypes! {
     Complex64 => "complex64", 8, "<c8", "Two float32: real, imaginary.";
     Complex128 => "complex128", 16, "<c16", "Two float64: real, imaginary.";
     Float8E3M4 => "float8_e3m4", 1, "float8_e3m4", "8-bit float, 3 exponent / 4 mantissa bits, IEEE-like.";
-    Float8E4M3 => "float8_e4m3", 1, "float8_e4m3", "8-bit float, 4 exponent / 3 mantissa bits, IEEE-like.";
     Float8E4M3FN => "float8_e4m3fn", 1, "float8_e4m3fn", "8-bit float e4m3, finite only (NaN = all ones).";
     Float8E4M3FNUZ => "float8_e4m3fnuz", 1, "float8_e4m3fnuz", "8-bit float e4m3, finite, unsigned zero (NaN = 0x80).";
     Float8E4M3B11FNUZ => "float8_e4m3b11fnuz", 1, "float8_e4m3b11fnuz", "8-bit float e4m3 with bias 11, finite, unsigned zero.";
@@ -86,9 +86,7 @@ dtypes! {
     Float8E8M0FNU => "float8_e8m0fnu", 1, "float8_e8m0fnu", "8-bit power of two (scale type), NaN = 0xff.";
     Float4E2M1FN => "float4_e2m1fn", 1, "float4_e2m1fn", "4-bit float e2m1, finite only, one element per byte.";
     Int4 => "int4", 1, "int4", "4-bit signed integer, one element per byte.";
-    UInt4 => "uint4", 1, "uint4", "4-bit unsigned integer, one element per byte.";
     Int2 => "int2", 1, "int2", "2-bit signed integer, one element per byte.";
-    UInt2 => "uint2", 1, "uint2", "2-bit unsigned integer, one element per byte.";
 }
 
 impl fmt::Display for DType {
@@ -126,7 +124,6 @@ impl DType {
         let m = |exp_bits, man_bits, bias, special| Some(MiniFloat { exp_bits, man_bits, bias, special });
         match self {
             DType::Float8E3M4 => m(3, 4, 3, Special::Ieee),
-            DType::Float8E4M3 => m(4, 3, 7, Special::Ieee),
             DType::Float8E4M3FN => m(4, 3, 7, Special::FiniteNanAllOnes),
             DType::Float8E4M3FNUZ => m(4, 3, 8, Special::Fnuz),
             DType::Float8E4M3B11FNUZ => m(4, 3, 11, Special::Fnuz),
@@ -140,18 +137,17 @@ impl DType {
 
     /// True for sub-byte types stored one element per byte.
     pub fn is_sub_byte(self) -> bool {
-        matches!(self, DType::Int4 | DType::UInt4 | DType::Int2 | DType::UInt2 | DType::Float4E2M1FN)
+        matches!(self, DType::Int4 | DType::Int2 | DType::Float4E2M1FN)
     }
 
     /// The numpy `descr` used when this dtype is written to a `.npy` file
     /// by `orbax cat --npy`: native numpy types keep theirs, `bfloat16`
-    /// becomes `<u2` bit patterns, float8/float4 `|u1` bit patterns,
-    /// `int4`/`int2` `|i1` values and `uint4`/`uint2` `|u1` values.
+    /// becomes `<u2` bit patterns, float8/float4 `|u1` bit patterns and
+    /// `int4`/`int2` `|i1` values.
     pub fn npy_descr(self) -> &'static str {
         match self {
             DType::BFloat16 => "<u2",
             DType::Int4 | DType::Int2 => "|i1",
-            DType::UInt4 | DType::UInt2 => "|u1",
             d if d.minifloat().is_some() => "|u1",
             d => d.zarr2_name(),
         }
@@ -163,8 +159,8 @@ impl DType {
     /// sub-byte types. Other dtypes are already in memory form.
     pub fn normalize_stored(self, data: &mut [u8]) {
         let bits = match self {
-            DType::Int4 | DType::UInt4 | DType::Float4E2M1FN => 4,
-            DType::Int2 | DType::UInt2 => 2,
+            DType::Int4 | DType::Float4E2M1FN => 4,
+            DType::Int2 => 2,
             _ => return,
         };
         let signed = matches!(self, DType::Int4 | DType::Int2);
@@ -185,7 +181,7 @@ impl DType {
             DType::Int16 => ScalarValue::Int(i16::from_le_bytes(le2()) as i64),
             DType::Int32 => ScalarValue::Int(i32::from_le_bytes(le4()) as i64),
             DType::Int64 => ScalarValue::Int(i64::from_le_bytes(le8())),
-            DType::UInt8 | DType::UInt4 | DType::UInt2 => ScalarValue::UInt(b[0] as u64),
+            DType::UInt8 => ScalarValue::UInt(b[0] as u64),
             DType::UInt16 => ScalarValue::UInt(u16::from_le_bytes(le2()) as u64),
             DType::UInt32 => ScalarValue::UInt(u32::from_le_bytes(le4()) as u64),
             DType::UInt64 => ScalarValue::UInt(u64::from_le_bytes(le8())),
@@ -236,21 +232,29 @@ impl DType {
             DType::UInt32 => (int(0, u32::MAX as i128)? as u32).to_le_bytes().to_vec(),
             DType::UInt64 => (int(0, u64::MAX as i128)? as u64).to_le_bytes().to_vec(),
             DType::Int4 => vec![int(-8, 7)? as i8 as u8],
-            DType::UInt4 => vec![int(0, 15)? as u8],
             DType::Int2 => vec![int(-2, 1)? as i8 as u8],
-            DType::UInt2 => vec![int(0, 3)? as u8],
             DType::Float16 => half::f16::from_f64(as_f64).to_le_bytes().to_vec(),
             DType::BFloat16 => half::bf16::from_f64(as_f64).to_le_bytes().to_vec(),
             DType::Float32 => (as_f64 as f32).to_le_bytes().to_vec(),
             DType::Float64 => as_f64.to_le_bytes().to_vec(),
             DType::Complex64 => {
-                let (re, im) = match v { ScalarValue::Complex(re, im) => (re, im), _ => (as_f64, 0.0) };
+                let (re, im) = match v {
+                    ScalarValue::Complex(re, im) => (re, im),
+                    _ => (as_f64, 0.0),
+                };
                 [(re as f32).to_le_bytes(), (im as f32).to_le_bytes()].concat()
             }
             DType::Complex128 => {
-                let (re, im) = match v { ScalarValue::Complex(re, im) => (re, im), _ => (as_f64, 0.0) };
+                let (re, im) = match v {
+                    ScalarValue::Complex(re, im) => (re, im),
+                    _ => (as_f64, 0.0),
+                };
                 [re.to_le_bytes(), im.to_le_bytes()].concat()
             }
+            // TensorStore writes a zero fill value for every small float type,
+            // and fills with byte 0x00 — even for float8_e8m0fnu, which has no
+            // zero (0x00 is 2^-127 there).
+            _ if as_f64 == 0.0 && !as_f64.is_sign_negative() => vec![0],
             d => {
                 // Small floats: only values whose encoding we can find exactly.
                 let mf = d.minifloat().expect("remaining dtypes are minifloats");
@@ -339,7 +343,6 @@ mod tests {
         assert_eq!(f(DType::Float4E2M1FN, 0xf), -6.0);
         assert_eq!(f(DType::Float4E2M1FN, 0x1), 0.5);
         assert_eq!(f(DType::Float8E3M4, 0x30), 1.0);
-        assert_eq!(f(DType::Float8E4M3, 0x38), 1.0);
     }
 
     #[test]

@@ -15,17 +15,35 @@
 //! The on-disk format is specified in `format-spec/` at the repository root.
 #![deny(missing_docs)]
 
+mod api;
+pub mod cast;
+pub mod chunking;
 mod dtype;
+mod error;
 mod error_kind;
+pub mod export;
+pub mod import;
+pub mod inspect;
+mod item;
 pub mod kvstore;
+pub mod layout;
 pub mod metadata;
+pub mod npy;
 pub mod ocdbt;
+pub mod pyjson;
 mod python_repr;
 mod pytree;
 pub mod storage;
+pub mod verify;
 pub mod zarr;
 
+pub use api::{
+    blocking, checkpointables_metadata, list_checkpoints, load_checkpointables, load_pytree, pytree_metadata,
+    Checkpoint, Checkpointable, CheckpointableMetadata, CheckpointablesMetadata, LoadOptions, StepInfo,
+};
 pub use dtype::{DType, ScalarValue};
+pub use error::{Error, Result};
 pub use error_kind::ErrorKind;
+pub use item::{ArrayStorage, LeafInfo, LeafKind, PyTreeItem, PyTreeMetadata};
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};

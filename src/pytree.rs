@@ -34,13 +34,7 @@ impl Array {
     pub fn new(dtype: DType, shape: Vec<u64>, data: Vec<u8>) -> Result<Self, String> {
         let expected = num_elements(&shape).and_then(|n| n.checked_mul(dtype.size() as u64));
         if expected != Some(data.len() as u64) {
-            return Err(format!(
-                "{} array of shape {:?} needs {:?} bytes, got {}",
-                dtype,
-                shape,
-                expected,
-                data.len()
-            ));
+            return Err(format!("{} array of shape {:?} needs {:?} bytes, got {}", dtype, shape, expected, data.len()));
         }
         Ok(Array { dtype, shape, data })
     }

@@ -43,7 +43,8 @@ def npy_view(arr):
     out = arr.astype(np.uint8)
   else:
     out = arr
-  return np.ascontiguousarray(out)
+  # np.ascontiguousarray would turn a 0-d array into shape (1,).
+  return np.require(out, requirements="C")
 
 
 def py_scalar_value(x):

@@ -197,7 +197,7 @@ def main():
   data[-4:] = struct.pack("<I", od.crc32c(bytes(data[:-4])))
   wr(p, bytes(data))
 
-  d = case("corrupt_manifest_format_version", SRC_OCDBT, "corrupt", ["manifest.ocdbt"],
+  d = case("unsupported_manifest_format_version", SRC_OCDBT, "unsupported", ["manifest.ocdbt", "version"],
            "state/manifest.ocdbt re-encoded (raw) with format version 1 and a valid CRC-32C.")
   body = manifest_body(os.path.join(d, "state"))
   wr(os.path.join(d, "state", "manifest.ocdbt"), raw_envelope(od.MANIFEST_MAGIC, body, version=1))

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{validate_key, Capabilities, ListResult, ObjectMeta, PutMode, Result, Storage, StorageError};
+use super::{validate_key, Capabilities, ListResult, ObjectMeta, ObjectWriter, PutMode, Result, Storage, StorageError};
 
 /// A directory of the local filesystem; keys are paths relative to it.
 ///
@@ -96,6 +96,65 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()>
     Ok(())
 }
 
+/// Streams into a temporary file beside the target and renames it into place.
+struct FileWriter {
+    key: String,
+    tmp: PathBuf,
+    path: PathBuf,
+    file: Option<File>,
+    written: u64,
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+#[async_trait]
+impl ObjectWriter for FileWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let mut file = self.file.take().expect("writer used after finish");
+        let key = self.key.clone();
+        let len = data.len() as u64;
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&data);
+            (file, r)
+        })
+        .await
+        .expect("write task");
+        self.file = Some(file);
+        result.map_err(|e| io_error(&key, e))?;
+        self.written += len;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        let file = self.file.take().expect("writer used after finish");
+        let (tmp, path, key) = (self.tmp.clone(), self.path.clone(), self.key.clone());
+        blocking(move || {
+            let placed = file.sync_data().and_then(|_| fs::rename(&tmp, &path));
+            placed.map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                io_error(&key, e)
+            })
+        })
+        .await
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+}
+
 #[async_trait]
 impl Storage for LocalFileSystem {
     async fn get(&self, key: &str) -> Result<Bytes> {
@@ -140,9 +199,7 @@ impl Storage for LocalFileSystem {
         blocking(move || {
             let dir = path.parent().expect("a validated key has a parent");
             fs::create_dir_all(dir).map_err(|e| io_error(&key, e))?;
-            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
-            let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+            let tmp = temp_path(&path);
             let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(&key, e))?;
             let written = file.write_all(&data).and_then(|_| file.sync_data());
             drop(file);
@@ -162,6 +219,19 @@ impl Storage for LocalFileSystem {
         .await
     }
 
+    async fn put_writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        blocking(move || {
+            let dir = path.parent().expect("a validated key has a parent");
+            fs::create_dir_all(dir).map_err(|e| io_error(&key, e))?;
+            let tmp = temp_path(&path);
+            let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(&key, e))?;
+            Ok(Box::new(FileWriter { key, tmp, path, file: Some(file), written: 0 }) as Box<dyn ObjectWriter>)
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
@@ -169,6 +239,24 @@ impl Storage for LocalFileSystem {
             Err(e) if e.kind() == IoKind::NotFound => Ok(()),
             Err(e) => Err(io_error(key, e)),
         }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        let dir = self.dir_path(prefix)?;
+        if dir == self.root {
+            return Err(StorageError::InvalidKey {
+                key: prefix.to_string(),
+                reason: "refusing to delete the store's root",
+            });
+        }
+        let key = prefix.to_string();
+        blocking(move || match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(()),
+            Err(e) if e.kind() == IoKind::NotADirectory => Ok(()),
+            Err(e) => Err(io_error(&key, e)),
+        })
+        .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {

@@ -108,7 +108,8 @@ impl Storage for InMemory {
     async fn rename_prefix(&self, from: &str, to: &str) -> Result<()> {
         let (from, to) = (Self::below(from), Self::below(to));
         let mut objects = self.objects.write().expect("lock");
-        let moved: Vec<String> = objects.range(from.clone()..).take_while(|(k, _)| k.starts_with(&from)).map(|(k, _)| k.clone()).collect();
+        let moved: Vec<String> =
+            objects.range(from.clone()..).take_while(|(k, _)| k.starts_with(&from)).map(|(k, _)| k.clone()).collect();
         if moved.is_empty() {
             return Err(StorageError::NotFound { key: from });
         }

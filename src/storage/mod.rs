@@ -14,11 +14,13 @@
 //! that came from checkpoint metadata can never name something outside the
 //! store's root.
 
+pub mod battery;
 mod fs;
 mod memory;
 
 use std::fmt::Debug;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -153,6 +155,71 @@ pub struct Capabilities {
     pub conditional_create: bool,
 }
 
+/// Writes one object in pieces (multipart upload on object stores, a
+/// temporary file on disk). Nothing is visible under the key until
+/// [`finish`](ObjectWriter::finish) succeeds; dropping the writer without
+/// finishing leaves no object.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+
+    /// Makes the object visible, atomically, with everything written so far.
+    async fn finish(self: Box<Self>) -> Result<()>;
+
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+}
+
+/// The [`ObjectWriter`] of stores without a streaming upload: collects the
+/// pieces and puts the object whole on `finish`.
+pub struct BufferedWriter {
+    store: Arc<dyn Storage>,
+    key: String,
+    parts: Vec<Bytes>,
+    written: u64,
+}
+
+impl BufferedWriter {
+    /// A writer that will put `key` into `store`.
+    pub fn new(store: Arc<dyn Storage>, key: &str) -> Self {
+        BufferedWriter { store, key: key.to_string(), parts: Vec::new(), written: 0 }
+    }
+}
+
+/// A writer for `key`: the store's streaming writer where it has one
+/// ([`Storage::put_writer`]), otherwise a [`BufferedWriter`].
+pub async fn object_writer(store: &Arc<dyn Storage>, key: &str) -> Result<Box<dyn ObjectWriter>> {
+    match store.put_writer(key).await {
+        Err(StorageError::NotSupported { .. }) => {
+            validate_key(key)?;
+            Ok(Box::new(BufferedWriter::new(store.clone(), key)))
+        }
+        other => other,
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for BufferedWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        self.written += data.len() as u64;
+        self.parts.push(data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        let data = match self.parts.len() {
+            1 => self.parts.into_iter().next().expect("one part"),
+            _ => Bytes::from(self.parts.concat()),
+        };
+        self.store.put(&self.key, data, PutMode::Overwrite).await
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+}
+
 /// An object-store-shaped key-value storage.
 ///
 /// Required methods are the primitives every backend has; [`get_ranges`]
@@ -189,8 +256,24 @@ pub trait Storage: Debug + Send + Sync {
     /// new one, never a mix.
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()>;
 
+    /// A writer that streams one object into place (see [`ObjectWriter`]).
+    /// Stores without streaming uploads return [`StorageError::NotSupported`]
+    /// (the default); use [`object_writer`], which falls back to buffering.
+    async fn put_writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        Err(StorageError::NotSupported { operation: "streaming write", store: format!("{self:?} (for {key})") })
+    }
+
     /// Deletes an object. Deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Deletes every object below `prefix/`. The default lists and deletes
+    /// one by one; backends override it with bulk deletes.
+    async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        for object in self.list(prefix).await? {
+            self.delete(&object.key).await?;
+        }
+        Ok(())
+    }
 
     /// Every object below `prefix/` (all levels), sorted by key. An empty
     /// prefix lists the whole store.

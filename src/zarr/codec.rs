@@ -22,14 +22,23 @@ pub fn decode_chunk(
     out: &mut [u8],
 ) -> Result<(), ZarrError> {
     let raw_len = out.len();
-    let decoded = undo_bytes_codecs(key, value, &chain.bytes_to_bytes, match chain.array_to_bytes {
-        ArrayToBytes::Bytes { .. } => Some(raw_len),
-        ArrayToBytes::Sharding(_) => None,
-    })?;
+    let decoded = undo_bytes_codecs(
+        key,
+        value,
+        &chain.bytes_to_bytes,
+        match chain.array_to_bytes {
+            ArrayToBytes::Bytes { .. } => Some(raw_len),
+            ArrayToBytes::Sharding(_) => None,
+        },
+    )?;
     match &chain.array_to_bytes {
         ArrayToBytes::Bytes { big_endian } => {
             if decoded.len() != raw_len {
-                return Err(ZarrError::ChunkSize { key: key.to_string(), expected: raw_len as u64, found: decoded.len() as u64 });
+                return Err(ZarrError::ChunkSize {
+                    key: key.to_string(),
+                    expected: raw_len as u64,
+                    found: decoded.len() as u64,
+                });
             }
             out.copy_from_slice(&decoded);
             if *big_endian {
@@ -68,7 +77,12 @@ fn undo_bytes_codecs<'a>(
                 let stored = u32::from_le_bytes(data[split..].try_into().expect("4 bytes"));
                 let computed = crc32c::crc32c(&data[..split]);
                 if stored != computed {
-                    return Err(ZarrError::Checksum { key: key.to_string(), what: "chunk crc32c".into(), stored, computed });
+                    return Err(ZarrError::Checksum {
+                        key: key.to_string(),
+                        what: "chunk crc32c".into(),
+                        stored,
+                        computed,
+                    });
                 }
                 data = match data {
                     std::borrow::Cow::Borrowed(b) => std::borrow::Cow::Borrowed(&b[..split]),
@@ -78,19 +92,40 @@ fn undo_bytes_codecs<'a>(
                     }
                 };
             }
-            BytesCodec::Zstd => {
+            compression => {
                 // The last codec to undo knows the exact size; earlier ones get a generous cap.
                 let cap = match expected {
-                    Some(n) if i == 0 || codecs[..i].iter().all(|c| *c == BytesCodec::Crc32c) => {
-                        n + 4 * codecs[..i].len()
-                    }
+                    Some(n) if codecs[..i].iter().all(|c| *c == BytesCodec::Crc32c) => n + 4 * codecs[..i].len(),
                     _ => data.len().saturating_mul(64).max(1 << 20),
                 };
-                data = std::borrow::Cow::Owned(zstd_decompress(key, &data, cap)?);
+                let inflated = match compression {
+                    BytesCodec::Zstd => zstd_decompress(key, &data, cap)?,
+                    BytesCodec::Gzip => inflate(key, flate2::read::GzDecoder::new(&data[..]), cap)?,
+                    BytesCodec::Zlib => inflate(key, flate2::read::ZlibDecoder::new(&data[..]), cap)?,
+                    BytesCodec::Crc32c => unreachable!("handled above"),
+                };
+                data = std::borrow::Cow::Owned(inflated);
             }
         }
     }
     Ok(data)
+}
+
+/// Reads a deflate stream to its end, refusing to produce more than `cap` bytes.
+fn inflate(key: &str, reader: impl std::io::Read, cap: usize) -> Result<Vec<u8>, ZarrError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    reader
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ZarrError::Corrupt { key: key.to_string(), what: format!("deflate: {e}") })?;
+    if out.len() > cap {
+        return Err(ZarrError::Corrupt {
+            key: key.to_string(),
+            what: format!("inflates to more than the {cap} bytes expected"),
+        });
+    }
+    Ok(out)
 }
 
 /// Decompresses one zstd frame, refusing to produce more than `cap` bytes.
@@ -102,7 +137,8 @@ pub fn zstd_decompress(key: &str, data: &[u8], cap: usize) -> Result<Vec<u8>, Za
         }
     }
     let mut out = Vec::new();
-    out.try_reserve_exact(cap).map_err(|_| ZarrError::Limit { file: key.to_string(), what: format!("cannot allocate {cap} bytes") })?;
+    out.try_reserve_exact(cap)
+        .map_err(|_| ZarrError::Limit { file: key.to_string(), what: format!("cannot allocate {cap} bytes") })?;
     let mut decompressor = zstd::bulk::Decompressor::new().map_err(|e| corrupt(format!("zstd: {e}")))?;
     let n = decompressor.decompress_to_buffer(data, &mut out).map_err(|e| corrupt(format!("zstd: {e}")))?;
     out.truncate(n);
@@ -177,7 +213,12 @@ impl ShardIndex {
             let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
             let computed = crc32c::crc32c(table);
             if stored != computed {
-                return Err(ZarrError::Checksum { key: key.to_string(), what: "shard index crc32c".into(), stored, computed });
+                return Err(ZarrError::Checksum {
+                    key: key.to_string(),
+                    what: "shard index crc32c".into(),
+                    stored,
+                    computed,
+                });
             }
             table
         } else {
@@ -185,7 +226,11 @@ impl ShardIndex {
         };
         let word = |b: &[u8]| {
             let a: [u8; 8] = b.try_into().expect("8 bytes");
-            if sharding.index.big_endian { u64::from_be_bytes(a) } else { u64::from_le_bytes(a) }
+            if sharding.index.big_endian {
+                u64::from_be_bytes(a)
+            } else {
+                u64::from_le_bytes(a)
+            }
         };
         let mut entries = Vec::with_capacity(n);
         for (i, pair) in table.chunks_exact(16).enumerate() {
@@ -275,7 +320,10 @@ mod tests {
     fn sharding(inner: &[u64]) -> Sharding {
         Sharding {
             inner_chunk_shape: inner.to_vec(),
-            inner: Box::new(CodecChain { array_to_bytes: ArrayToBytes::Bytes { big_endian: false }, bytes_to_bytes: vec![] }),
+            inner: Box::new(CodecChain {
+                array_to_bytes: ArrayToBytes::Bytes { big_endian: false },
+                bytes_to_bytes: vec![],
+            }),
             index: ShardIndexCodecs { big_endian: false, crc32c: true },
             index_at_end: true,
         }

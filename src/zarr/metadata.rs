@@ -14,6 +14,10 @@ pub const MAX_RANK: usize = 32;
 pub enum BytesCodec {
     /// zstd (one frame).
     Zstd,
+    /// gzip (zarr v2 `gzip` compressor; Orbax before 0.2 used it for numpy leaves).
+    Gzip,
+    /// zlib (zarr v2 `zlib` compressor).
+    Zlib,
     /// A CRC-32C of the preceding bytes, appended as 4 little-endian bytes.
     Crc32c,
 }
@@ -135,8 +139,13 @@ impl ArrayMetadata {
         }
         let shape = p.shape(&v, "shape")?;
         let dtype_name = p.str(&v, "data_type")?;
-        let dtype = DType::from_name(dtype_name)
-            .ok_or_else(|| unsupported(file, format!("data_type {dtype_name:?}")))?;
+        let dtype = DType::from_name(dtype_name).ok_or_else(|| match dtype_name {
+            // Valid zarr v3 data types TensorStore 0.1.86 cannot store for Orbax.
+            "uint4" | "uint2" | "float8_e4m3" | "float6_e2m3fn" | "float6_e3m2fn" | "string" | "bytes" => {
+                unsupported(file, format!("data_type {dtype_name:?}"))
+            }
+            other => invalid(file, format!("unknown data_type {other:?}")),
+        })?;
         let grid = p.field(&v, "chunk_grid")?;
         if grid.get("name").and_then(Value::as_str) != Some("regular") {
             return Err(unsupported(file, format!("chunk_grid {grid}")));
@@ -176,7 +185,8 @@ impl ArrayMetadata {
         let chunk_shape = p.shape(&v, "chunks")?;
         p.check_chunk_shape(&shape, &chunk_shape)?;
         let dtype_str = p.str(&v, "dtype")?;
-        let (dtype, big_endian) = parse_v2_dtype(dtype_str).ok_or_else(|| unsupported(file, format!("dtype {dtype_str:?}")))?;
+        let (dtype, big_endian) =
+            parse_v2_dtype(dtype_str).ok_or_else(|| unsupported(file, format!("dtype {dtype_str:?}")))?;
         if v.get("order").and_then(Value::as_str).unwrap_or("C") != "C" {
             return Err(unsupported(file, "Fortran order".into()));
         }
@@ -187,6 +197,8 @@ impl ArrayMetadata {
             None | Some(Value::Null) => vec![],
             Some(c) => match c.get("id").and_then(Value::as_str) {
                 Some("zstd") => vec![BytesCodec::Zstd],
+                Some("gzip") => vec![BytesCodec::Gzip],
+                Some("zlib") => vec![BytesCodec::Zlib],
                 _ => return Err(unsupported(file, format!("compressor {c}"))),
             },
         };
@@ -245,13 +257,20 @@ impl Parser<'_> {
     }
 
     fn shape(&self, v: &Value, name: &str) -> Result<Vec<u64>, ZarrError> {
-        let items = self.field(v, name)?.as_array().ok_or_else(|| invalid(self.file, format!("\"{name}\" is not a list")))?;
+        let items =
+            self.field(v, name)?.as_array().ok_or_else(|| invalid(self.file, format!("\"{name}\" is not a list")))?;
         if items.len() > MAX_RANK {
-            return Err(ZarrError::Limit { file: self.file.to_string(), what: format!("rank {} > {MAX_RANK}", items.len()) });
+            return Err(ZarrError::Limit {
+                file: self.file.to_string(),
+                what: format!("rank {} > {MAX_RANK}", items.len()),
+            });
         }
         items
             .iter()
-            .map(|d| d.as_u64().ok_or_else(|| invalid(self.file, format!("\"{name}\" has a non-integer or negative entry {d}"))))
+            .map(|d| {
+                d.as_u64()
+                    .ok_or_else(|| invalid(self.file, format!("\"{name}\" has a non-integer or negative entry {d}")))
+            })
             .collect()
     }
 
@@ -263,7 +282,10 @@ impl Parser<'_> {
             return Err(invalid(self.file, format!("chunk shape {chunk:?} has a zero dimension")));
         }
         if num_elements(shape).is_none() || num_elements(chunk).and_then(|n| n.checked_mul(16)).is_none() {
-            return Err(ZarrError::Limit { file: self.file.to_string(), what: format!("shape {shape:?} / chunk shape {chunk:?} overflow") });
+            return Err(ZarrError::Limit {
+                file: self.file.to_string(),
+                what: format!("shape {shape:?} / chunk shape {chunk:?} overflow"),
+            });
         }
         Ok(())
     }
@@ -288,12 +310,16 @@ impl Parser<'_> {
                     if array_to_bytes.is_some() {
                         return Err(stage_error());
                     }
-                    let config = config.ok_or_else(|| invalid(self.file, "sharding_indexed without configuration".into()))?;
+                    let config =
+                        config.ok_or_else(|| invalid(self.file, "sharding_indexed without configuration".into()))?;
                     let inner_chunk_shape = self.shape(config, "chunk_shape")?;
                     if inner_chunk_shape.len() != chunk_shape.len()
                         || inner_chunk_shape.iter().zip(chunk_shape).any(|(i, c)| *i == 0 || c % i != 0)
                     {
-                        return Err(invalid(self.file, format!("inner chunk shape {inner_chunk_shape:?} does not divide {chunk_shape:?}")));
+                        return Err(invalid(
+                            self.file,
+                            format!("inner chunk shape {inner_chunk_shape:?} does not divide {chunk_shape:?}"),
+                        ));
                     }
                     let inner = self.codec_chain(self.field(config, "codecs")?, &inner_chunk_shape)?;
                     let index = self.index_codecs(self.field(config, "index_codecs")?)?;
@@ -302,15 +328,28 @@ impl Parser<'_> {
                         Some("start") => false,
                         Some(other) => return Err(invalid(self.file, format!("index_location {other:?}"))),
                     };
-                    array_to_bytes = Some(ArrayToBytes::Sharding(Sharding { inner_chunk_shape, inner: Box::new(inner), index, index_at_end }));
+                    array_to_bytes = Some(ArrayToBytes::Sharding(Sharding {
+                        inner_chunk_shape,
+                        inner: Box::new(inner),
+                        index,
+                        index_at_end,
+                    }));
                 }
-                "zstd" | "crc32c" => {
+                "zstd" | "crc32c" | "gzip" => {
                     if array_to_bytes.is_none() {
                         return Err(stage_error());
                     }
-                    bytes_to_bytes.push(if name == "zstd" { BytesCodec::Zstd } else { BytesCodec::Crc32c });
+                    bytes_to_bytes.push(match name {
+                        "zstd" => BytesCodec::Zstd,
+                        "gzip" => BytesCodec::Gzip,
+                        _ => BytesCodec::Crc32c,
+                    });
                 }
-                other => return Err(unsupported(self.file, format!("codec {other:?}"))),
+                "transpose" | "blosc" | "bitround" | "packbits" | "vlen-utf8" | "vlen-bytes" | "zfp" | "pcodec"
+                | "adler32" | "fletcher32" | "bz2" | "zlib" | "lz4" => {
+                    return Err(unsupported(self.file, format!("codec {name:?}")))
+                }
+                other => return Err(invalid(self.file, format!("unknown codec {other:?}"))),
             }
         }
         let array_to_bytes = array_to_bytes.ok_or_else(|| invalid(self.file, "no array-to-bytes codec".into()))?;
@@ -351,9 +390,14 @@ impl Parser<'_> {
         let value = match v {
             Value::Null => return Ok(vec![0; dtype.size()]),
             Value::String(s) if s.starts_with("0x") => {
-                let bits = u64::from_str_radix(&s[2..], 16).map_err(|_| invalid(self.file, format!("fill_value {s:?}")))?;
+                let bits =
+                    u64::from_str_radix(&s[2..], 16).map_err(|_| invalid(self.file, format!("fill_value {s:?}")))?;
                 let bytes = bits.to_le_bytes()[..dtype.size().min(8)].to_vec();
-                return if bytes.len() == dtype.size() { Ok(bytes) } else { Err(invalid(self.file, format!("fill_value {s:?} for {dtype}"))) };
+                return if bytes.len() == dtype.size() {
+                    Ok(bytes)
+                } else {
+                    Err(invalid(self.file, format!("fill_value {s:?} for {dtype}")))
+                };
             }
             Value::Array(pair) if pair.len() == 2 => match (scalar(&pair[0]), scalar(&pair[1])) {
                 (Some(ScalarValue::Float(re)), Some(ScalarValue::Float(im))) => Some(ScalarValue::Complex(re, im)),
@@ -415,9 +459,12 @@ mod tests {
     #[test]
     fn rejects_absurd_and_unknown() {
         let huge = ORBAX_INT32.replace("\"shape\":[16]", "\"shape\":[1000000000000,1000000000000]");
-        assert!(matches!(ArrayMetadata::parse_v3(huge.as_bytes(), "f"), Err(ZarrError::Limit { .. } | ZarrError::Metadata { .. })));
-        let gzip = ORBAX_INT32.replace("\"zstd\"", "\"gzip\"");
-        assert!(matches!(ArrayMetadata::parse_v3(gzip.as_bytes(), "f"), Err(ZarrError::Unsupported { .. })));
+        assert!(matches!(
+            ArrayMetadata::parse_v3(huge.as_bytes(), "f"),
+            Err(ZarrError::Limit { .. } | ZarrError::Metadata { .. })
+        ));
+        let blosc = ORBAX_INT32.replace("\"zstd\"", "\"blosc\"");
+        assert!(matches!(ArrayMetadata::parse_v3(blosc.as_bytes(), "f"), Err(ZarrError::Unsupported { .. })));
         assert!(ArrayMetadata::parse_v3(b"{not json", "f").is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! the output buffer and lets byte-range reads target shard entries.
 
 mod codec;
+mod encode;
 mod metadata;
 
 use rayon::prelude::*;
@@ -19,6 +20,7 @@ use crate::pytree::{num_elements, Array};
 use crate::ErrorKind;
 
 pub use codec::{copy_block, fill_with, unravel, zstd_decompress, ShardIndex, MISSING_INNER_CHUNK};
+pub use encode::{ZARR2_ZSTD_LEVEL, ZARR3_ZSTD_LEVEL};
 pub use metadata::{
     parse_v2_dtype, ArrayMetadata, ArrayToBytes, BytesCodec, ChunkKeyEncoding, CodecChain, ShardIndexCodecs, Sharding,
     MAX_RANK,
@@ -32,9 +34,9 @@ pub enum ZarrError {
     #[error(transparent)]
     Kv(#[from] KvError),
     /// Neither `zarr.json` nor `.zarray` exists for the array.
-    #[error("{location}: no zarr.json or .zarray")]
+    #[error("{location}: not found (nor a zarr v2 .zarray)")]
     MissingMetadata {
-        /// Where the array should be.
+        /// Where the array's `zarr.json` should be.
         location: String,
     },
     /// Invalid array metadata.
@@ -152,7 +154,7 @@ impl ZarrArray {
             let metadata = ArrayMetadata::parse_v2(&bytes, &kv.describe(&v2))?;
             return Ok(ZarrArray { name: name.to_string(), metadata });
         }
-        Err(ZarrError::MissingMetadata { location: kv.describe(name) })
+        Err(ZarrError::MissingMetadata { location: kv.describe(&v3) })
     }
 
     /// The parsed metadata.
@@ -172,7 +174,8 @@ impl ZarrArray {
         let nbytes = m.nbytes().ok_or_else(|| limit(format!("shape {:?} overflows", m.shape)))?;
         let nbytes = usize::try_from(nbytes).map_err(|_| limit(format!("{nbytes} bytes do not fit in memory")))?;
         let mut out = Vec::new();
-        out.try_reserve_exact(nbytes).map_err(|_| limit(format!("cannot allocate {nbytes} bytes for shape {:?}", m.shape)))?;
+        out.try_reserve_exact(nbytes)
+            .map_err(|_| limit(format!("cannot allocate {nbytes} bytes for shape {:?}", m.shape)))?;
         out.resize(nbytes, 0);
         let item = m.dtype.size();
         let chunk_elements = num_elements(&m.chunk_shape).expect("checked at parse");
@@ -224,9 +227,15 @@ impl ZarrArray {
     ) -> Result<(), ZarrError> {
         let m = &self.metadata;
         match (value, missing) {
-            (Some(bytes), _) => {
-                codec::decode_chunk(&kv.describe(key), bytes, &m.codecs, &m.chunk_shape, m.dtype.size(), &m.fill_value, out)
-            }
+            (Some(bytes), _) => codec::decode_chunk(
+                &kv.describe(key),
+                bytes,
+                &m.codecs,
+                &m.chunk_shape,
+                m.dtype.size(),
+                &m.fill_value,
+                out,
+            ),
             (None, MissingChunks::Fill) => {
                 fill_with(out, &m.fill_value);
                 Ok(())

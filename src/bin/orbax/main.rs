@@ -1,1 +1,212 @@
-fn main() {}
+//! `orbax`: inspect, read, export and verify Orbax checkpoints.
+//!
+//! A thin layer over the `orbax` library: every command is a library call
+//! plus formatting.
+
+mod format;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use orbax::inspect::{inspect_document, parse_keypath, same_keypath};
+use orbax::storage::{LocalFileSystem, Storage};
+use orbax::{blocking::block_on, Checkpoint, Error, LoadOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  orbax ls /ckpts/run1                         steps of a managed root
+  orbax inspect /ckpts/run1/1000               tree view of a checkpoint
+  orbax inspect /ckpts/run1/1000 --json        the conformance-protocol document
+  orbax cat /ckpts/run1/1000 \"['params']['w']\" --npy > w.npy
+  orbax cat /ckpts/run1/1000 '[\"opt_state\", 0]' --json
+  orbax export /ckpts/run1/1000 model.safetensors
+  orbax verify /ckpts/run1/1000                exit status 0 if sound";
+
+#[derive(Parser)]
+#[command(name = "orbax", version, about = "Read Orbax (JAX) PyTree checkpoints without Python", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Open {
+    /// Checkpoint directory, one of its item directories, or a v0 checkpoint without items.
+    path: String,
+    /// Read a checkpoint whose save never finished (*.orbax-checkpoint-tmp*, *.partial_save).
+    #[arg(long)]
+    allow_uncommitted: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the steps of a managed root: step, time, size, items, metrics.
+    Ls {
+        /// The root directory (a CheckpointManager / training.Checkpointer directory).
+        root: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the tree of a checkpoint: keypath, dtype, shape, bytes, chunking, sharding.
+    Inspect {
+        #[command(flatten)]
+        open: Open,
+        /// Only this item (checkpointable).
+        #[arg(long)]
+        item: Option<String>,
+        /// Print the conformance-protocol JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one leaf to stdout.
+    Cat {
+        #[command(flatten)]
+        open: Open,
+        /// The leaf: a JSON list (`["params", 0]`) or a JAX keystr (`['params'][0]`).
+        keypath: String,
+        /// The item; defaults to the checkpoint's only PyTree item.
+        #[arg(long)]
+        item: Option<String>,
+        /// As a .npy file (bfloat16 as <u2, float8/float4 as |u1 bit patterns, int4/int2 as |i1).
+        #[arg(long, group = "format")]
+        npy: bool,
+        /// Raw little-endian C-order element bytes.
+        #[arg(long, group = "format")]
+        raw: bool,
+        /// As JSON (nested lists for arrays).
+        #[arg(long, group = "format")]
+        json: bool,
+    },
+    /// Write the whole tree to a .safetensors or .npz file (tensor names: keys joined with '.').
+    Export {
+        #[command(flatten)]
+        open: Open,
+        /// Output file; the extension picks the format.
+        out: String,
+        /// The item; defaults to the checkpoint's only PyTree item.
+        #[arg(long)]
+        item: Option<String>,
+        /// safetensors: store dtypes it lacks as documented stand-ins instead of failing
+        /// (int4/int2 as I8, complex128 as F64[..., 2], other small floats as U8 bits).
+        #[arg(long)]
+        cast_unsupported: bool,
+    },
+    /// Read every byte, check every checksum, report every problem; exit status 1 if any.
+    Verify {
+        #[command(flatten)]
+        open: Open,
+    },
+}
+
+/// Opens the local directory containing `path` and returns the key of `path` in it.
+fn open_local(path: &str) -> Result<(Arc<dyn Storage>, String), Error> {
+    let p = Path::new(path);
+    let abs = p
+        .canonicalize()
+        .or_else(|_| std::path::absolute(p))
+        .map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))?;
+    let parent = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let name = abs.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let store: Arc<dyn Storage> = Arc::new(LocalFileSystem::new(parent));
+    Ok((store, name))
+}
+
+fn options(open: &Open, item: Option<String>) -> LoadOptions {
+    LoadOptions { item, allow_uncommitted: open.allow_uncommitted }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| Error::InvalidArgument(format!("writing output: {e}"));
+    match cli.command {
+        Command::Ls { root, json } => {
+            let (store, key) = open_local(&root)?;
+            let steps = block_on(orbax::list_checkpoints(&store, &key))?;
+            let text = if json { format::steps_json(&steps) } else { format::steps_table(&steps) };
+            out.write_all(text.as_bytes()).map_err(io)?;
+        }
+        Command::Inspect { open, item, json } => {
+            let (store, key) = open_local(&open.path)?;
+            let opts = options(&open, item.clone());
+            let checkpoint = block_on(Checkpoint::open(&store, &key, &opts))?;
+            let text = if json {
+                let doc = block_on(inspect_document(&checkpoint, item.as_deref()))?;
+                serde_json::to_string_pretty(&doc).expect("JSON values serialize") + "\n"
+            } else {
+                block_on(format::tree_view(&checkpoint, item.as_deref()))?
+            };
+            out.write_all(text.as_bytes()).map_err(io)?;
+        }
+        Command::Cat { open, keypath, item, npy, raw, json } => {
+            let (store, key) = open_local(&open.path)?;
+            let path = parse_keypath(&keypath).map_err(Error::InvalidArgument)?;
+            let checkpoint = block_on(Checkpoint::open(&store, &key, &options(&open, item.clone())))?;
+            let pytree = block_on(checkpoint.pytree(item.as_deref()))?;
+            let target = pytree.keypaths().find(|k| same_keypath(k, &path)).cloned().ok_or_else(|| {
+                Error::InvalidArgument(format!("no leaf {path} in {} (try `orbax inspect`)", pytree.path()))
+            })?;
+            let leaf = block_on(pytree.load_leaf_at(&target))?;
+            let bytes = if npy {
+                format::leaf_npy(&leaf)?
+            } else if raw {
+                format::leaf_raw(&leaf)?
+            } else if json {
+                let mut text = serde_json::to_string(&format::leaf_json(&leaf)).expect("JSON values serialize");
+                text.push('\n');
+                text.into_bytes()
+            } else {
+                return Err(Error::InvalidArgument("choose an output format: --npy, --raw or --json".into()));
+            };
+            out.write_all(&bytes).map_err(io)?;
+        }
+        Command::Export { open, out: file, item, cast_unsupported } => {
+            let (store, key) = open_local(&open.path)?;
+            let tree = block_on(orbax::load_pytree(&store, &key, &options(&open, item)))?;
+            let bytes = if file.ends_with(".safetensors") {
+                orbax::export::to_safetensors(&tree, orbax::export::SafetensorsOptions { cast_unsupported })
+            } else if file.ends_with(".npz") {
+                orbax::export::to_npz(&tree)
+            } else {
+                return Err(Error::InvalidArgument(format!("{file}: the output must end in .safetensors or .npz")));
+            }
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            std::fs::write(&file, bytes).map_err(|e| Error::InvalidArgument(format!("{file}: {e}")))?;
+        }
+        Command::Verify { open } => {
+            let (store, key) = open_local(&open.path)?;
+            let report = block_on(orbax::verify::verify_checkpoint(&store, &key, &options(&open, None)));
+            for p in &report.problems {
+                writeln!(out, "error[{}]: {}", p.kind, p.message).map_err(io)?;
+            }
+            writeln!(
+                out,
+                "{}: {} item(s), {} leaf/leaves, {} OCDBT database(s) with {} value(s) read; {} problem(s)",
+                if report.is_sound() { "sound" } else { "NOT SOUND" },
+                report.items,
+                report.leaves,
+                report.databases,
+                report.values,
+                report.problems.len()
+            )
+            .map_err(io)?;
+            if !report.is_sound() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("orbax: error[{}]: {e}", e.kind());
+            ExitCode::FAILURE
+        }
+    }
+}
