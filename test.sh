@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test of orbax-rs. On a fresh machine it installs what the tests
-# need; nothing here is cached that it cannot rebuild.
+# need (a venv with the pinned orbax-checkpoint 0.12.8); nothing here is
+# cached that it cannot rebuild.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+echo "== Python environment with real Orbax 0.12.8 (created on first run)"
+ORBAX_TS_PYTHON="$(conformance/venv.sh)"
+export ORBAX_TS_PYTHON
 
 echo "== formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== unit, integration and conformance tests (fixtures written by real Orbax, no Python needed)"
+echo "== unit, integration and conformance tests (reader tests use the committed corpus, no Python)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+
+echo "== writer conformance: real Orbax 0.12.8 loads what we write, byte-identical metadata"
+conformance/writer/run.sh

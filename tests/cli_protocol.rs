@@ -89,7 +89,7 @@ fn bad_cases_fail_with_their_error_class() {
 fn help_lists_every_command_with_examples() {
     let out = orbax(&["--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["ls", "inspect", "cat", "export", "verify", "Examples:"] {
+    for word in ["ls", "inspect", "cat", "export", "verify", "import", "convert", "Examples:"] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
 }

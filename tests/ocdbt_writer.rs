@@ -326,6 +326,8 @@ async fn databases_round_trip_through_our_reader_and_tensorstore() {
     eprintln!("ocdbt_writer: our reader read back {} databases (local and in-memory)", cases.len());
 
     match std::env::var_os("ORBAX_TS_PYTHON") {
+        // `./test.sh` (and so CI) always sets it; only a bare `cargo test` may run without it.
+        None if std::env::var_os("CI").is_some() => panic!("CI must set ORBAX_TS_PYTHON (./test.sh does)"),
         None => eprintln!("ocdbt_writer: TensorStore check NOT run (set ORBAX_TS_PYTHON to a python with tensorstore)"),
         Some(python) => {
             let output = std::process::Command::new(&python)

@@ -23,7 +23,9 @@ Examples:
   orbax cat /ckpts/run1/1000 \"['params']['w']\" --npy > w.npy
   orbax cat /ckpts/run1/1000 '[\"opt_state\", 0]' --json
   orbax export /ckpts/run1/1000 model.safetensors
-  orbax verify /ckpts/run1/1000                exit status 0 if sound";
+  orbax verify /ckpts/run1/1000                exit status 0 if sound
+  orbax import model.safetensors /ckpts/imported --zarr2
+  orbax convert /ckpts/run1/1000 /tmp/per-leaf --no-ocdbt --overwrite";
 
 #[derive(Parser)]
 #[command(name = "orbax", version, about = "Read Orbax (JAX) PyTree checkpoints without Python", after_help = EXAMPLES)]
@@ -100,6 +102,70 @@ enum Command {
         #[command(flatten)]
         open: Open,
     },
+    /// Write a .safetensors or .npz file as an Orbax checkpoint (tensor names split into nested dicts).
+    Import {
+        /// Input file: .safetensors or .npz.
+        input: String,
+        /// Output checkpoint directory.
+        out: String,
+        /// Split tensor names on this separator into nested dicts ("" keeps them flat).
+        #[arg(long, default_value = ".")]
+        sep: String,
+        #[command(flatten)]
+        layout: Layout,
+    },
+    /// Rewrite an Orbax checkpoint in another layout (every item).
+    Convert {
+        #[command(flatten)]
+        open: Open,
+        /// Output checkpoint directory.
+        out: String,
+        #[command(flatten)]
+        layout: Layout,
+    },
+}
+
+/// Layout options of the commands that write checkpoints.
+#[derive(clap::Args)]
+struct Layout {
+    /// One directory per array instead of an OCDBT database.
+    #[arg(long)]
+    no_ocdbt: bool,
+    /// zarr v2 instead of zarr v3.
+    #[arg(long)]
+    zarr2: bool,
+    /// Store chunks uncompressed.
+    #[arg(long)]
+    no_compression: bool,
+    /// Split arrays into chunks of at most this many bytes (Orbax's chunk_byte_size).
+    #[arg(long)]
+    chunk_byte_size: Option<u64>,
+    /// Store every array in this dtype (numpy astype semantics), e.g. bfloat16.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Replace an existing checkpoint at the output path.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl Layout {
+    fn save_options(&self) -> Result<orbax::SaveOptions, Error> {
+        let dtype = match &self.dtype {
+            Some(name) => Some(
+                orbax::DType::from_name(name)
+                    .ok_or_else(|| Error::InvalidArgument(format!("unknown dtype {name:?}")))?,
+            ),
+            None => None,
+        };
+        Ok(orbax::SaveOptions {
+            use_ocdbt: !self.no_ocdbt,
+            use_zarr3: !self.zarr2,
+            use_compression: !self.no_compression,
+            overwrite: self.overwrite,
+            storage: orbax::StorageOptions { dtype, chunk_byte_size: self.chunk_byte_size },
+            ..Default::default()
+        })
+    }
 }
 
 /// Opens the local directory containing `path` and returns the key of `path` in it.
@@ -196,6 +262,26 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if !report.is_sound() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Import { input, out, sep, layout } => {
+            let bytes = std::fs::read(&input).map_err(|e| Error::InvalidArgument(format!("{input}: {e}")))?;
+            let tensors = if input.ends_with(".npz") {
+                orbax::import::read_npz(&bytes, &input)
+            } else {
+                orbax::import::read_safetensors(&bytes, &input)
+            }
+            .and_then(|t| orbax::import::tree_from_named(t, &sep))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let (store, key) = open_local(&out)?;
+            block_on(orbax::save_pytree(&store, &key, &tensors, &layout.save_options()?))?;
+        }
+        Command::Convert { open, out, layout } => {
+            let (store, key) = open_local(&open.path)?;
+            let items = block_on(orbax::load_checkpointables(&store, &key, &options(&open, None)))?;
+            let items: Vec<(String, orbax::Checkpointable)> =
+                items.into_iter().map(|(name, item)| (name.unwrap_or_else(|| "state".into()), item)).collect();
+            let (out_store, out_key) = open_local(&out)?;
+            block_on(orbax::save_checkpointables(&out_store, &out_key, &items, &layout.save_options()?))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,194 @@
+//! Writing checkpoints that Orbax 0.12 loads: the v1 layout (`state/` item,
+//! `_CHECKPOINT_METADATA`, `orbax.checkpoint`, `commit_success.txt`), arrays
+//! in OCDBT or one directory per leaf, zarr3 or zarr2.
+//!
+//! The commit protocol is what makes a save all-or-nothing:
+//!
+//! * stores that can rename a prefix atomically (local disk): everything is
+//!   written below `<path>.orbax-checkpoint-tmp`, `commit_success.txt` last,
+//!   and the directory is renamed to `<path>`. Readers ignore `*.orbax-checkpoint-tmp*`.
+//!   Overwriting renames the old checkpoint to a temporary name first, so a
+//!   crash leaves either the old or the new checkpoint under `<path>`,
+//!   never a mix;
+//! * other stores (object stores): everything is written in place and
+//!   `commit_success.txt` is created last, conditionally where the store
+//!   supports put-if-absent; a checkpoint without it is unfinished.
+
+mod pytree_item;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::api::Checkpointable;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::TMP_MARKER;
+use crate::pyjson::{to_string, JsonStyle};
+use crate::pytree::{KeyPath, PyTree};
+use crate::storage::{join_key, PutMode, Storage, StorageError};
+
+pub use pytree_item::PYTREE_HANDLER;
+
+/// `_CHECKPOINT_METADATA` handler name of JSON checkpointables.
+pub const JSON_HANDLER: &str = "orbax.checkpoint.experimental.v1._src.handlers.json_handler.JsonHandler";
+/// Orbax's default `ocdbt_target_data_file_size` on local storage (2 GiB).
+pub const DEFAULT_TARGET_DATA_FILE_SIZE: u64 = 2 << 30;
+
+/// Per-array storage choices, like Orbax's `ArrayOptions.Saving.StorageOptions`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StorageOptions {
+    /// On-disk dtype; values are cast with numpy `astype` semantics (see [`crate::cast`]).
+    pub dtype: Option<DType>,
+    /// Upper bound on the bytes of one chunk; chunks then subdivide the array
+    /// by Orbax's rules ([`crate::chunking::choose_chunk_shape`]).
+    pub chunk_byte_size: Option<u64>,
+}
+
+/// Chooses storage options per leaf, like Orbax's
+/// `scoped_storage_options_creator(keypath, value)`; its result overrides
+/// the global [`SaveOptions::storage`] field by field.
+pub type StorageOptionsFn = Arc<dyn Fn(&KeyPath, &PyTree) -> StorageOptions + Send + Sync>;
+
+/// Options of [`save_pytree`] / [`save_checkpointables`].
+#[derive(Clone)]
+pub struct SaveOptions {
+    /// Store arrays in one OCDBT database per item (Orbax's default) rather
+    /// than one directory per leaf.
+    pub use_ocdbt: bool,
+    /// zarr v3 (default) or v2.
+    pub use_zarr3: bool,
+    /// zstd-compress chunks (default).
+    pub use_compression: bool,
+    /// Replace an existing checkpoint at the path (otherwise an error).
+    pub overwrite: bool,
+    /// Default storage options of every array.
+    pub storage: StorageOptions,
+    /// Per-leaf storage options.
+    pub storage_for: Option<StorageOptionsFn>,
+    /// OCDBT data files are split at this size; arrays larger than it are
+    /// chunked to fit.
+    pub ocdbt_target_data_file_size: u64,
+    /// `custom_metadata` of `_CHECKPOINT_METADATA`.
+    pub custom_metadata: Map<String, Value>,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            use_ocdbt: true,
+            use_zarr3: true,
+            use_compression: true,
+            overwrite: false,
+            storage: StorageOptions::default(),
+            storage_for: None,
+            ocdbt_target_data_file_size: DEFAULT_TARGET_DATA_FILE_SIZE,
+            custom_metadata: Map::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SaveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaveOptions")
+            .field("use_ocdbt", &self.use_ocdbt)
+            .field("use_zarr3", &self.use_zarr3)
+            .field("use_compression", &self.use_compression)
+            .field("overwrite", &self.overwrite)
+            .field("storage", &self.storage)
+            .field("storage_for", &self.storage_for.as_ref().map(|_| "<fn>"))
+            .field("ocdbt_target_data_file_size", &self.ocdbt_target_data_file_size)
+            .field("custom_metadata", &self.custom_metadata)
+            .finish()
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Saves `tree` as the `state` item of a new checkpoint at `path`, like
+/// Orbax's `save_pytree(path, tree)`.
+pub async fn save_pytree(store: &Arc<dyn Storage>, path: &str, tree: &PyTree, options: &SaveOptions) -> Result<()> {
+    save_checkpointables(store, path, &[("state".to_string(), Checkpointable::PyTree(tree.clone()))], options).await
+}
+
+/// Saves named items (PyTrees and JSON documents) as one checkpoint, like
+/// Orbax's `save_checkpointables(path, {name: item})`.
+pub async fn save_checkpointables(
+    store: &Arc<dyn Storage>,
+    path: &str,
+    items: &[(String, Checkpointable)],
+    options: &SaveOptions,
+) -> Result<()> {
+    let path = path.trim_end_matches('/');
+    if path.is_empty() {
+        return Err(Error::InvalidArgument("a checkpoint needs a non-empty path".into()));
+    }
+    for (name, _) in items {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') || name.starts_with('_') {
+            return Err(Error::InvalidArgument(format!("{name:?} is not a valid item name")));
+        }
+    }
+    let existing = store.list_with_delimiter(path).await?;
+    let exists = !existing.objects.is_empty() || !existing.prefixes.is_empty();
+    if exists && !options.overwrite {
+        return Err(Error::Storage(StorageError::AlreadyExists { key: path.to_string() }));
+    }
+    let atomic = store.capabilities().atomic_rename;
+    let work = if atomic { format!("{path}{TMP_MARKER}") } else { path.to_string() };
+    if atomic || exists {
+        store.delete_prefix(&work).await?;
+    }
+
+    let init = now_ns();
+    let mut handlers = Map::new();
+    for (name, item) in items {
+        let dir = join_key(&work, name);
+        match item {
+            Checkpointable::PyTree(tree) => {
+                pytree_item::write(store, &dir, tree, options).await?;
+                handlers.insert(name.clone(), json!(PYTREE_HANDLER));
+            }
+            Checkpointable::Json(value) => {
+                let text = to_string(value, JsonStyle::Python);
+                store.put(&join_key(&dir, "data.json"), Bytes::from(text), PutMode::Overwrite).await?;
+                handlers.insert(name.clone(), json!(JSON_HANDLER));
+            }
+        }
+    }
+    let metadata = json!({
+        "item_handlers": handlers,
+        "metrics": {},
+        "performance_metrics": {},
+        "init_timestamp_nsecs": init,
+        "commit_timestamp_nsecs": now_ns(),
+        "custom_metadata": options.custom_metadata,
+    });
+    store
+        .put(
+            &join_key(&work, "_CHECKPOINT_METADATA"),
+            Bytes::from(to_string(&metadata, JsonStyle::Python)),
+            PutMode::Overwrite,
+        )
+        .await?;
+    store.put(&join_key(&work, "orbax.checkpoint"), Bytes::new(), PutMode::Overwrite).await?;
+    let commit = format!("Checkpoint commit was successful to {path}");
+    let mode = if store.capabilities().conditional_create { PutMode::Create } else { PutMode::Overwrite };
+    store.put(&join_key(&work, "commit_success.txt"), Bytes::from(commit), mode).await?;
+
+    if atomic {
+        if exists {
+            let old = format!("{path}{TMP_MARKER}-old");
+            store.delete_prefix(&old).await?;
+            store.rename_prefix(path, &old).await?;
+            store.rename_prefix(&work, path).await?;
+            store.delete_prefix(&old).await?;
+        } else {
+            store.rename_prefix(&work, path).await?;
+        }
+    }
+    Ok(())
+}
