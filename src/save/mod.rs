@@ -7,9 +7,9 @@
 //! * stores that can rename a prefix atomically (local disk): everything is
 //!   written below `<path>.orbax-checkpoint-tmp`, `commit_success.txt` last,
 //!   and the directory is renamed to `<path>`. Readers ignore `*.orbax-checkpoint-tmp*`.
-//!   Overwriting renames the old checkpoint to a temporary name first, so a
-//!   crash leaves either the old or the new checkpoint under `<path>`,
-//!   never a mix;
+//!   Overwriting swaps the new directory with the old one in one step
+//!   (`renameat2(RENAME_EXCHANGE)` on Linux), so a crash leaves either the
+//!   old or the new checkpoint under `<path>`, never a mix and never neither;
 //! * other stores (object stores): everything is written in place and
 //!   `commit_success.txt` is created last, conditionally where the store
 //!   supports put-if-absent; a checkpoint without it is unfinished.
@@ -180,14 +180,18 @@ pub async fn save_checkpointables(
     store.put(&join_key(&work, "commit_success.txt"), Bytes::from(commit), mode).await?;
 
     if atomic {
-        if exists {
+        if !exists {
+            store.rename_prefix(&work, path).await?;
+        } else if store.capabilities().atomic_replace {
+            store.replace_prefix(&work, path).await?;
+        } else {
+            // Without an atomic swap there is a moment with no checkpoint at
+            // `path`; the old one then sits under an unfinished-save name.
             let old = format!("{path}{TMP_MARKER}-old");
             store.delete_prefix(&old).await?;
             store.rename_prefix(path, &old).await?;
             store.rename_prefix(&work, path).await?;
             store.delete_prefix(&old).await?;
-        } else {
-            store.rename_prefix(&work, path).await?;
         }
     }
     Ok(())

@@ -300,7 +300,30 @@ impl Storage for LocalFileSystem {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { atomic_rename: true, conditional_create: true }
+        Capabilities { atomic_rename: true, conditional_create: true, atomic_replace: cfg!(target_os = "linux") }
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn replace_prefix(&self, from: &str, to: &str) -> Result<()> {
+        let from_path = self.dir_path(from)?;
+        let to_path = self.dir_path(to)?;
+        let key = to.to_string();
+        blocking(move || {
+            // renameat2(RENAME_EXCHANGE) swaps the two directories in one
+            // step; the old contents then sit at `from` and are removed.
+            use std::os::unix::ffi::OsStrExt;
+            let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("paths have no NUL");
+            let (a, b) = (c(&from_path), c(&to_path));
+            // SAFETY: both arguments are valid NUL-terminated paths for the duration of the call.
+            let rc = unsafe {
+                libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+            };
+            if rc != 0 {
+                return Err(io_error(&key, std::io::Error::last_os_error()));
+            }
+            fs::remove_dir_all(&from_path).map_err(|e| io_error(&key, e))
+        })
+        .await
     }
 
     async fn rename_prefix(&self, from: &str, to: &str) -> Result<()> {

@@ -102,7 +102,27 @@ impl Storage for InMemory {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { atomic_rename: true, conditional_create: true }
+        Capabilities { atomic_rename: true, conditional_create: true, atomic_replace: true }
+    }
+
+    async fn replace_prefix(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (Self::below(from), Self::below(to));
+        let mut objects = self.objects.write().expect("lock");
+        let old: Vec<String> =
+            objects.range(to.clone()..).take_while(|(k, _)| k.starts_with(&to)).map(|(k, _)| k.clone()).collect();
+        let new: Vec<String> =
+            objects.range(from.clone()..).take_while(|(k, _)| k.starts_with(&from)).map(|(k, _)| k.clone()).collect();
+        if new.is_empty() {
+            return Err(StorageError::NotFound { key: from });
+        }
+        for key in old {
+            objects.remove(&key);
+        }
+        for key in new {
+            let value = objects.remove(&key).expect("listed");
+            objects.insert(format!("{to}{}", &key[from.len()..]), value);
+        }
+        Ok(())
     }
 
     async fn rename_prefix(&self, from: &str, to: &str) -> Result<()> {

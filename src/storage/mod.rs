@@ -153,6 +153,8 @@ pub struct Capabilities {
     pub atomic_rename: bool,
     /// [`PutMode::Create`] is enforced by the backend, not emulated.
     pub conditional_create: bool,
+    /// [`Storage::replace_prefix`] swaps a prefix's contents atomically.
+    pub atomic_replace: bool,
 }
 
 /// Writes one object in pieces (multipart upload on object stores, a
@@ -284,6 +286,14 @@ pub trait Storage: Debug + Send + Sync {
 
     /// What this backend guarantees.
     fn capabilities(&self) -> Capabilities;
+
+    /// Atomically replaces everything below `to/` with what is below `from/`:
+    /// a reader sees the old objects or the new ones, never neither. Only
+    /// backends with [`Capabilities::atomic_replace`] implement it.
+    async fn replace_prefix(&self, from: &str, to: &str) -> Result<()> {
+        let _ = to;
+        Err(StorageError::NotSupported { operation: "atomic replace", store: format!("{self:?} (for {from})") })
+    }
 
     /// Atomically renames every object below `from/` to the same name below
     /// `to/`. Only backends with [`Capabilities::atomic_rename`] implement it.
