@@ -5,6 +5,7 @@
 //! A `path` is a key prefix in a [`Storage`]: a checkpoint directory, one
 //! of its item directories, or a v0 checkpoint saved without items.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -13,7 +14,8 @@ use crate::layout::{
     list_steps, locate_checkpoint, CheckpointLocation, ItemKind, ItemLocation, LocateOptions, StepDir,
 };
 use crate::metadata::CheckpointMetadata;
-use crate::pytree::PyTree;
+use crate::pytree::{KeyPath, PyTree};
+use crate::save::{ArraySharding, ShardingFn};
 use crate::storage::{join_key, Storage, StorageError};
 
 /// Options for opening a checkpoint.
@@ -52,6 +54,29 @@ pub struct CheckpointablesMetadata {
     pub checkpoint: Option<CheckpointMetadata>,
     /// Each item with its metadata, sorted by name (`None` for an unnamed v0 item).
     pub items: Vec<(Option<String>, CheckpointableMetadata)>,
+}
+
+impl CheckpointablesMetadata {
+    /// The shardings recorded for this checkpoint's `jax.Array` leaves, as a
+    /// [`ShardingFn`] for saving the same trees again with the same layout
+    /// (what `orbax convert` does).
+    pub fn sharding_fn(&self) -> ShardingFn {
+        let mut map: HashMap<(String, KeyPath), ArraySharding> = HashMap::new();
+        for (name, item) in &self.items {
+            let CheckpointableMetadata::PyTree(tree) = item else { continue };
+            for leaf in &tree.leaves {
+                let (Some(sharding), Some(shape)) = (&leaf.sharding, &leaf.shape) else { continue };
+                let write_shape = leaf
+                    .storage
+                    .as_ref()
+                    .and_then(|s| s.write_shape.clone())
+                    .unwrap_or_else(|| sharding.shard_shape(shape));
+                let key = (name.clone().unwrap_or_else(|| "state".into()), leaf.keypath.clone());
+                map.insert(key, ArraySharding { sharding: sharding.clone(), write_shape });
+            }
+        }
+        Arc::new(move |item: &str, path: &KeyPath| map.get(&(item.to_string(), path.clone())).cloned())
+    }
 }
 
 /// An opened checkpoint: its layout resolved and `_CHECKPOINT_METADATA` read.

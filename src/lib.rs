@@ -48,4 +48,6 @@ pub use error_kind::ErrorKind;
 pub use item::{ArrayStorage, LeafInfo, LeafKind, PyTreeItem, PyTreeMetadata};
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
-pub use save::{save_checkpointables, save_pytree, SaveOptions, StorageOptions, StorageOptionsFn};
+pub use save::{
+    save_checkpointables, save_pytree, ArraySharding, SaveOptions, ShardingFn, StorageOptions, StorageOptionsFn,
+};

@@ -38,6 +38,23 @@ def values(name, shape, seed):
   return a.reshape(shape)
 
 
+def sharded_tree():
+  """jax.Arrays over a 4x2 mesh of 8 virtual CPU devices (needs XLA_FLAGS set
+  before jax is imported, as make_inputs.py and check.py do)."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("x", "y"))
+  put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))
+  return {
+      "x_only": put(values("float32", (8, 4), 30), P("x", None)),
+      "xy": put(values("int32", (16, 8), 31), P("x", "y")),
+      "y_only": put(values("bfloat16", (6, 4), 32), P(None, "y")),
+      "replicated": put(values("float32", (6,), 33), P()),
+      "single": jax.device_put(values("int16", (5,), 34), SingleDeviceSharding(jax.devices()[3])),
+      "host": values("float64", (3,), 35),
+  }
+
+
 def trees():
   """name -> (tree, options). options: use_ocdbt, use_zarr3, use_compression, chunk_byte_size, storage_dtype."""
   base = {"use_ocdbt": True, "use_zarr3": True, "use_compression": True, "chunk_byte_size": None, "storage_dtype": None}
@@ -68,6 +85,8 @@ def trees():
   cases["odd_keys"] = ({"": values("int8", (2,), 14), "..": values("int8", (2,), 15), "a//b": values("int8", (2,), 16),
                         "dots.in.key": values("int8", (2,), 17), "\u043a\u043b\u044e\u0447": values("int8", (2,), 18),
                         "it's": values("int8", (2,), 19), 'q"uote': values("int8", (2,), 20)}, dict(base))
+  cases["sharded8"] = (sharded_tree(), dict(base))
+  cases["sharded8_files_zarr2"] = (sharded_tree(), {**base, "use_ocdbt": False, "use_zarr3": False})
   cases["nested"] = ({"a": [{"b": (values("int16", (2,), 21), [values("uint8", (1,), 22)])}], "c": {"d": {"e": "s"}}},
                      dict(base))
   return cases

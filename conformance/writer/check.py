@@ -19,13 +19,14 @@ import subprocess
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint.experimental.v1 as ocp  # noqa: E402
 import tensorstore as ts  # noqa: E402
 import zstandard  # noqa: E402
 
-SAME_BYTES = ("_METADATA", "_strings.json", "_sharding")
+SAME_BYTES = ("_METADATA", "_strings.json", "_sharding", "array_metadatas/process_0")
 TIMESTAMPS = ("init_timestamp_nsecs", "commit_timestamp_nsecs")
 
 

@@ -267,10 +267,114 @@ impl Sharding {
     }
 }
 
+impl Sharding {
+    /// The JSON object Orbax stores for this sharding (the inverse of
+    /// parsing), with members in Orbax's order.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Sharding::Named { mesh_shape, axis_names, axis_types, partition_spec, device_ids, memory_kind } => {
+                let mut map = serde_json::Map::new();
+                map.insert("sharding_type".into(), Value::from("NamedSharding"));
+                map.insert("shape".into(), Value::from(mesh_shape.clone()));
+                map.insert("axis_names".into(), Value::from(axis_names.clone()));
+                if let Some(types) = axis_types {
+                    map.insert("axis_types".into(), Value::from(types.clone()));
+                }
+                let spec: Vec<Value> = partition_spec
+                    .iter()
+                    .map(|e| match e {
+                        PartitionSpecEntry::None => Value::Null,
+                        PartitionSpecEntry::Axis(a) => Value::from(a.clone()),
+                        PartitionSpecEntry::Axes(axes) => Value::from(axes.clone()),
+                    })
+                    .collect();
+                map.insert("partition_spec".into(), Value::Array(spec));
+                if !device_ids.is_empty() {
+                    map.insert("device_mesh".into(), serde_json::json!({ "mesh": nest_ids(device_ids, mesh_shape) }));
+                }
+                if let Some(kind) = memory_kind {
+                    map.insert("memory_kind".into(), Value::from(kind.clone()));
+                }
+                Value::Object(map)
+            }
+            Sharding::SingleDevice { device } => {
+                serde_json::json!({"sharding_type": "SingleDeviceSharding", "device_str": device})
+            }
+            Sharding::Other(v) => v.clone(),
+        }
+    }
+
+    /// The shape of one device's shard of an array of `global_shape`: each
+    /// dimension divided (rounding up) by the product of the mesh axes its
+    /// partition-spec entry names.
+    pub fn shard_shape(&self, global_shape: &[u64]) -> Vec<u64> {
+        match self {
+            Sharding::Named { mesh_shape, axis_names, partition_spec, .. } => {
+                let size = |name: &String| {
+                    axis_names.iter().position(|a| a == name).map_or(1, |i| mesh_shape.get(i).copied().unwrap_or(1))
+                };
+                global_shape
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &dim)| {
+                        let parts: u64 = match partition_spec.get(d) {
+                            None | Some(PartitionSpecEntry::None) => 1,
+                            Some(PartitionSpecEntry::Axis(a)) => size(a),
+                            Some(PartitionSpecEntry::Axes(axes)) => axes.iter().map(size).product(),
+                        };
+                        dim.div_ceil(parts.max(1))
+                    })
+                    .collect()
+            }
+            _ => global_shape.to_vec(),
+        }
+    }
+}
+
+/// `[{"id": n}, ...]` nested to the mesh shape.
+fn nest_ids(ids: &[i64], shape: &[u64]) -> Value {
+    match shape {
+        [] | [_] => Value::Array(ids.iter().map(|id| serde_json::json!({ "id": id })).collect()),
+        [n, rest @ ..] => {
+            let step = ids.len() / (*n as usize).max(1);
+            Value::Array((0..*n as usize).map(|i| nest_ids(&ids[i * step..(i + 1) * step], rest)).collect())
+        }
+    }
+}
+
+impl ShardingFile {
+    /// The text of a `_sharding` file for `(param name, sharding)` pairs, as
+    /// Orbax writes it: a compact JSON object (keys sorted) from the
+    /// url-safe base64 of each name (with `=` padding) to the sharding's
+    /// JSON, itself serialized like Python's `json.dumps`.
+    pub fn encode(entries: &[(String, Sharding)]) -> String {
+        let mut keyed: Vec<(String, String)> = entries
+            .iter()
+            .map(|(name, sharding)| {
+                let key = base64::engine::general_purpose::URL_SAFE.encode(name.as_bytes());
+                (key, crate::pyjson::to_string(&sharding.to_json(), crate::pyjson::JsonStyle::Python))
+            })
+            .collect();
+        keyed.sort();
+        let object: serde_json::Map<String, Value> = keyed.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+        crate::pyjson::to_string(&Value::Object(object), crate::pyjson::JsonStyle::Compact)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ErrorKind;
+
+    #[test]
+    fn encoding_round_trips_orbax_bytes() {
+        let text = format!("{{\"eA==\":{}}}", serde_json::to_string(NAMED).unwrap());
+        let file = ShardingFile::parse(text.as_bytes(), "f").unwrap();
+        let entries: Vec<(String, Sharding)> = file.entries().to_vec();
+        assert_eq!(ShardingFile::encode(&entries), text);
+        let s = file.get("x").unwrap();
+        assert_eq!(s.shard_shape(&[8, 6]), vec![2, 6]);
+    }
 
     const NAMED: &str = r#"{"sharding_type": "NamedSharding", "shape": [4, 2], "axis_names": ["x", "y"], "axis_types": ["AxisType.Auto", "AxisType.Auto"], "partition_spec": ["x", null], "device_mesh": {"mesh": [[{"id": 0}, {"id": 1}], [{"id": 2}, {"id": 3}], [{"id": 4}, {"id": 5}], [{"id": 6}, {"id": 7}]]}}"#;
     const SINGLE: &str = r#"{"sharding_type": "SingleDeviceSharding", "device_str": "cpu:0"}"#;

@@ -26,6 +26,7 @@ use crate::api::Checkpointable;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::TMP_MARKER;
+use crate::metadata::Sharding;
 use crate::pyjson::{to_string, JsonStyle};
 use crate::pytree::{KeyPath, PyTree};
 use crate::storage::{join_key, PutMode, Storage, StorageError};
@@ -52,6 +53,22 @@ pub struct StorageOptions {
 /// the global [`SaveOptions::storage`] field by field.
 pub type StorageOptionsFn = Arc<dyn Fn(&KeyPath, &PyTree) -> StorageOptions + Send + Sync>;
 
+/// How an array is laid out over devices: the sharding recorded in
+/// `_sharding` and the shape each device (process) writes. An array saved
+/// with one becomes a `jax.Array` leaf for Orbax, which then restores it
+/// onto devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArraySharding {
+    /// The sharding (`NamedSharding` mesh and partition spec, or a single device).
+    pub sharding: Sharding,
+    /// The shape of the piece each device writes; chunks divide it. For a
+    /// plain split this is [`Sharding::shard_shape`] of the global shape.
+    pub write_shape: Vec<u64>,
+}
+
+/// Gives the sharding of a leaf, from the item name and the leaf's path.
+pub type ShardingFn = Arc<dyn Fn(&str, &KeyPath) -> Option<ArraySharding> + Send + Sync>;
+
 /// Options of [`save_pytree`] / [`save_checkpointables`].
 #[derive(Clone)]
 pub struct SaveOptions {
@@ -73,6 +90,9 @@ pub struct SaveOptions {
     pub ocdbt_target_data_file_size: u64,
     /// `custom_metadata` of `_CHECKPOINT_METADATA`.
     pub custom_metadata: Map<String, Value>,
+    /// Shardings of array leaves; those that have one are saved as
+    /// `jax.Array` with `_sharding` and `array_metadatas/process_0`.
+    pub sharding_for: Option<ShardingFn>,
 }
 
 impl Default for SaveOptions {
@@ -86,6 +106,7 @@ impl Default for SaveOptions {
             storage_for: None,
             ocdbt_target_data_file_size: DEFAULT_TARGET_DATA_FILE_SIZE,
             custom_metadata: Map::new(),
+            sharding_for: None,
         }
     }
 }
@@ -101,6 +122,7 @@ impl std::fmt::Debug for SaveOptions {
             .field("storage_for", &self.storage_for.as_ref().map(|_| "<fn>"))
             .field("ocdbt_target_data_file_size", &self.ocdbt_target_data_file_size)
             .field("custom_metadata", &self.custom_metadata)
+            .field("sharding_for", &self.sharding_for.as_ref().map(|_| "<fn>"))
             .finish()
     }
 }
@@ -149,7 +171,7 @@ pub async fn save_checkpointables(
         let dir = join_key(&work, name);
         match item {
             Checkpointable::PyTree(tree) => {
-                pytree_item::write(store, &dir, tree, options).await?;
+                pytree_item::write(store, &dir, name, tree, options).await?;
                 handlers.insert(name.clone(), json!(PYTREE_HANDLER));
             }
             Checkpointable::Json(value) => {

@@ -9,10 +9,11 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
-use super::{SaveOptions, StorageOptions};
+use super::{ArraySharding, SaveOptions, StorageOptions};
 use crate::cast::cast_array;
 use crate::chunking::choose_chunk_shape;
 use crate::error::{Error, Result};
+use crate::metadata::{Sharding, ShardingFile};
 use crate::ocdbt::{DatabaseWriter, WriterOptions};
 use crate::pyjson::{to_string, JsonStyle};
 use crate::python_repr::repr_str_tuple;
@@ -47,7 +48,8 @@ impl ArraySink {
     }
 }
 
-/// `value_type` and `skip_deserialize` of a leaf, as Orbax's v1 API records them.
+/// `value_type` and `skip_deserialize` of a leaf, as Orbax's v1 API records
+/// them (arrays with a sharding are `jax.Array`, handled by the caller).
 fn value_type(leaf: &PyTree) -> (&'static str, bool) {
     match leaf {
         PyTree::Array(_) => ("np.ndarray", false),
@@ -88,9 +90,15 @@ struct PlannedArray<'a> {
     name: String,
     metadata: ArrayMetadata,
     data: Cow<'a, Array>,
+    sharding: Option<ArraySharding>,
 }
 
-fn plan_array<'a>(path: &KeyPath, leaf: &'a PyTree, options: &SaveOptions) -> Result<PlannedArray<'a>> {
+fn plan_array<'a>(
+    path: &KeyPath,
+    leaf: &'a PyTree,
+    sharding: Option<ArraySharding>,
+    options: &SaveOptions,
+) -> Result<PlannedArray<'a>> {
     let array: Cow<'a, Array> = match leaf {
         PyTree::Array(a) => Cow::Borrowed(a),
         PyTree::Scalar(s) => {
@@ -114,17 +122,27 @@ fn plan_array<'a>(path: &KeyPath, leaf: &'a PyTree, options: &SaveOptions) -> Re
         _ => array,
     };
     let shape = data.shape().to_vec();
-    let nbytes = num_elements(&shape).unwrap_or(u64::MAX).saturating_mul(data.dtype().size() as u64);
+    let write_shape = match &sharding {
+        Some(s) if s.write_shape.len() != shape.len() || s.write_shape.iter().zip(&shape).any(|(w, g)| w > g) => {
+            return Err(Error::InvalidArgument(format!(
+                "{path}: write shape {:?} does not fit the array's shape {shape:?}",
+                s.write_shape
+            )));
+        }
+        Some(s) => s.write_shape.clone(),
+        None => shape.clone(),
+    };
+    let nbytes = num_elements(&write_shape).unwrap_or(u64::MAX).saturating_mul(data.dtype().size() as u64);
     let target = options.ocdbt_target_data_file_size;
     let limit = match storage.chunk_byte_size {
         Some(size) => Some(size.min(target)),
         None if nbytes > target => Some(target),
         None => None,
     };
-    let chunk_shape = choose_chunk_shape(&shape, &shape, data.dtype().size(), limit, &[])
+    let chunk_shape = choose_chunk_shape(&shape, &write_shape, data.dtype().size(), limit, &[])
         .map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))?;
     let metadata = ArrayMetadata::orbax(data.dtype(), shape, chunk_shape, options.use_zarr3, options.use_compression);
-    Ok(PlannedArray { name: path.param_name(), metadata, data })
+    Ok(PlannedArray { name: path.param_name(), metadata, data, sharding })
 }
 
 /// Encodes every chunk of `array` in parallel: `(key, value)` pairs, metadata first.
@@ -145,8 +163,14 @@ fn encode(array: &PlannedArray) -> Vec<(String, Bytes)> {
     out
 }
 
-/// Writes `tree` as a PyTree item at `dir`.
-pub(super) async fn write(store: &Arc<dyn Storage>, dir: &str, tree: &PyTree, options: &SaveOptions) -> Result<()> {
+/// Writes `tree` as the PyTree item `item` at `dir`.
+pub(super) async fn write(
+    store: &Arc<dyn Storage>,
+    dir: &str,
+    item: &str,
+    tree: &PyTree,
+    options: &SaveOptions,
+) -> Result<()> {
     let leaves = tree.leaves();
     let mut names: HashMap<String, &KeyPath> = HashMap::new();
     let mut entries = Map::new();
@@ -162,13 +186,21 @@ pub(super) async fn write(store: &Arc<dyn Storage>, dir: &str, tree: &PyTree, op
         if !options.use_ocdbt && matches!(leaf, PyTree::Array(_) | PyTree::Scalar(_)) {
             validate_key(&join_key(dir, &name))?;
         }
+        let sharding = match (leaf, &options.sharding_for) {
+            (PyTree::Array(_), Some(f)) => f(item, path),
+            _ => None,
+        };
         let (value_type, skip) = value_type(leaf);
+        let value_metadata = match &sharding {
+            Some(s) => json!({"value_type": "jax.Array", "skip_deserialize": false, "write_shape": s.write_shape}),
+            None => json!({"value_type": value_type, "skip_deserialize": skip}),
+        };
         entries.insert(
             repr_str_tuple(&key_names(path)),
-            json!({"key_metadata": key_metadata(path), "value_metadata": {"value_type": value_type, "skip_deserialize": skip}}),
+            json!({"key_metadata": key_metadata(path), "value_metadata": value_metadata}),
         );
         match leaf {
-            PyTree::Array(_) | PyTree::Scalar(_) => arrays.push(plan_array(path, leaf, options)?),
+            PyTree::Array(_) | PyTree::Scalar(_) => arrays.push(plan_array(path, leaf, sharding, options)?),
             PyTree::String(s) => {
                 strings.insert(name, s.clone());
             }
@@ -208,6 +240,23 @@ pub(super) async fn write(store: &Arc<dyn Storage>, dir: &str, tree: &PyTree, op
         async move { store.put(&key, Bytes::from(text), PutMode::Overwrite).await }
     };
     put("_METADATA", to_string(&metadata, JsonStyle::Python)).await?;
+    let sharded: Vec<&PlannedArray> = arrays.iter().filter(|a| a.sharding.is_some()).collect();
+    if !sharded.is_empty() {
+        let shardings: Vec<(String, Sharding)> =
+            sharded.iter().map(|a| (a.name.clone(), a.sharding.as_ref().expect("filtered").sharding.clone())).collect();
+        put("_sharding", ShardingFile::encode(&shardings)).await?;
+        let list: Vec<Value> = sharded
+            .iter()
+            .map(|a| {
+                json!({"array_metadata": {
+                    "param_name": a.name,
+                    "write_shape": a.sharding.as_ref().expect("filtered").write_shape,
+                    "chunk_shape": a.metadata.chunk_shape,
+                    "ext_metadata": null}})
+            })
+            .collect();
+        put("array_metadatas/process_0", to_string(&json!({ "array_metadatas": list }), JsonStyle::Python)).await?;
+    }
     if !strings.is_empty() {
         let object: Map<String, Value> = strings.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
         put("_strings.json", to_string(&Value::Object(object), JsonStyle::Compact)).await?;

@@ -277,11 +277,14 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Convert { open, out, layout } => {
             let (store, key) = open_local(&open.path)?;
-            let items = block_on(orbax::load_checkpointables(&store, &key, &options(&open, None)))?;
+            let checkpoint = block_on(Checkpoint::open(&store, &key, &options(&open, None)))?;
+            let metadata = block_on(checkpoint.checkpointables_metadata())?;
+            let items = block_on(checkpoint.load_checkpointables())?;
             let items: Vec<(String, orbax::Checkpointable)> =
                 items.into_iter().map(|(name, item)| (name.unwrap_or_else(|| "state".into()), item)).collect();
+            let save = orbax::SaveOptions { sharding_for: Some(metadata.sharding_fn()), ..layout.save_options()? };
             let (out_store, out_key) = open_local(&out)?;
-            block_on(orbax::save_checkpointables(&out_store, &out_key, &items, &layout.save_options()?))?;
+            block_on(orbax::save_checkpointables(&out_store, &out_key, &items, &save))?;
         }
     }
     Ok(ExitCode::SUCCESS)
