@@ -25,7 +25,7 @@ run() { # label, command...
     "$@" 2>/dev/null | tail -n 1 | sed "s/^{/{\"impl\": \"$label\", /" | tee -a "$RESULTS"
   done
 }
-for tree in transformer small5000; do
+for tree in ${TREES:-transformer small5000}; do
   rm -rf "$OUT/ours_$tree" "$OUT/orbax_resave_$tree"
   warm "$OUT/orbax_$tree"
   run "orbax:$tree" $PY load "$OUT/orbax_$tree"

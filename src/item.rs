@@ -18,8 +18,14 @@ use crate::storage::{join_key, Storage, StorageError};
 use crate::zarr::{ArrayToBytes, BytesCodec, MissingChunks, ZarrArray};
 use crate::DType;
 
-/// Leaves read concurrently by [`PyTreeItem::load`] and [`PyTreeItem::metadata`].
-const LEAF_CONCURRENCY: usize = 16;
+/// Leaves whose metadata is read concurrently by [`PyTreeItem::metadata`].
+const METADATA_CONCURRENCY: usize = 16;
+
+/// Leaves loaded concurrently by [`PyTreeItem::load`]: one decoding per core
+/// plus one being fetched, which bounds the compressed bytes held at once.
+fn load_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+}
 
 /// The kind of a leaf, as the CLI protocol names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,7 +379,7 @@ impl PyTreeItem {
     pub async fn metadata(&self) -> Result<PyTreeMetadata> {
         let leaves = futures::stream::iter(&self.leaves)
             .map(|leaf| async move { self.leaf_info(leaf).await.map_err(|e| e.at_leaf(&leaf.keypath)) })
-            .buffered(LEAF_CONCURRENCY)
+            .buffered(METADATA_CONCURRENCY)
             .try_collect()
             .await?;
         Ok(PyTreeMetadata {
@@ -431,7 +437,7 @@ impl PyTreeItem {
                 let value = self.load_leaf(leaf).await.map_err(|e| e.at_leaf(&leaf.keypath))?;
                 Ok::<_, Error>((leaf.keypath.clone(), value))
             })
-            .buffered(LEAF_CONCURRENCY)
+            .buffered(load_concurrency())
             .try_collect()
             .await?;
         unflatten(leaves).map_err(|what| Error::Structure { path: join_key(&self.path, "_METADATA"), what })

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod api;
+mod buffer;
 pub mod cast;
 pub mod chunking;
 mod dtype;

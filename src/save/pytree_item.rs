@@ -145,22 +145,61 @@ fn plan_array<'a>(
     Ok(PlannedArray { name: path.param_name(), metadata, data, sharding })
 }
 
-/// Encodes every chunk of `array` in parallel: `(key, value)` pairs, metadata first.
-fn encode(array: &PlannedArray) -> Vec<(String, Bytes)> {
+/// Raw bytes of chunks encoded together before they are written: bounds
+/// the memory held by encoded-but-unwritten chunks while keeping every core
+/// busy.
+const ENCODE_BATCH_BYTES: u64 = 64 << 20;
+
+/// One chunk to encode: which array and which chunk of its grid.
+struct ChunkJob {
+    array: usize,
+    index: Vec<u64>,
+    bytes: u64,
+}
+
+/// Every array's metadata key and value, then its chunks in grid order.
+fn chunk_jobs(arrays: &[PlannedArray]) -> Vec<ChunkJob> {
+    let mut jobs = Vec::new();
+    for (i, array) in arrays.iter().enumerate() {
+        let m = &array.metadata;
+        let grid = m.grid_shape();
+        let chunk_bytes = num_elements(&m.chunk_shape).unwrap_or(1) * m.dtype.size() as u64;
+        let count = num_elements(&grid).expect("bounded by the array size");
+        jobs.extend((0..count).map(|n| ChunkJob { array: i, index: unravel(n, &grid), bytes: chunk_bytes }));
+    }
+    jobs
+}
+
+fn encode(array: &PlannedArray, index: &[u64]) -> (String, Bytes) {
     let m = &array.metadata;
-    let grid = m.grid_shape();
-    let count = num_elements(&grid).expect("bounded by the array size");
-    let mut out = vec![(array_key(&array.name, m.file_name()), Bytes::from(m.to_json_bytes()))];
-    let chunks: Vec<(String, Bytes)> = (0..count)
-        .into_par_iter()
-        .map(|n| {
-            let index = unravel(n, &grid);
-            let chunk = m.extract_chunk(array.data.data(), &index);
-            (array_key(&array.name, &m.key_encoding.key(&index)), Bytes::from(m.encode_chunk(&chunk)))
-        })
-        .collect();
-    out.extend(chunks);
-    out
+    let chunk = m.extract_chunk(array.data.data(), index);
+    (array_key(&array.name, &m.key_encoding.key(index)), Bytes::from(m.encode_chunk(&chunk)))
+}
+
+/// Encodes all chunks in parallel, batch by batch, and writes each batch in order.
+async fn write_arrays(arrays: &[PlannedArray<'_>], sink: &mut ArraySink) -> Result<()> {
+    for array in arrays {
+        let m = &array.metadata;
+        sink.put(&array_key(&array.name, m.file_name()), Bytes::from(m.to_json_bytes())).await?;
+    }
+    let jobs = chunk_jobs(arrays);
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < jobs.len() && (end == start || bytes + jobs[end].bytes <= ENCODE_BATCH_BYTES) {
+            bytes += jobs[end].bytes;
+            end += 1;
+        }
+        // CPU-bound: rayon encodes the batch on all cores while this task waits.
+        let encoded: Vec<(String, Bytes)> =
+            jobs[start..end].par_iter().map(|job| encode(&arrays[job.array], &job.index)).collect();
+        for (key, value) in encoded {
+            sink.put(&key, value).await?;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// Writes `tree` as the PyTree item `item` at `dir`.
@@ -218,13 +257,7 @@ pub(super) async fn write(
         } else {
             ArraySink::Directory { store: store.clone(), prefix: dir.to_string() }
         };
-        for array in &arrays {
-            // CPU-bound: rayon encodes the chunks on all cores while this task waits.
-            let encoded = encode(array);
-            for (key, value) in encoded {
-                sink.put(&key, value).await?;
-            }
-        }
+        write_arrays(&arrays, &mut sink).await?;
         sink.finish().await?;
     }
 

@@ -71,7 +71,10 @@ fn read_range(path: &Path, key: &str, range: Range<u64>) -> Result<Bytes> {
     if range.end > size || range.start > range.end {
         return Err(StorageError::OutOfRange { key: key.to_string(), start: range.start, end: range.end, size });
     }
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    let len = (range.end - range.start) as usize;
+    let mut buf = crate::buffer::zeroed(len).ok_or_else(|| {
+        io_error(key, std::io::Error::new(IoKind::OutOfMemory, format!("cannot allocate {len} bytes")))
+    })?;
     file.read_exact_at(&mut buf, range.start).map_err(|e| io_error(key, e))?;
     Ok(Bytes::from(buf))
 }

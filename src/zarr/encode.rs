@@ -130,14 +130,14 @@ impl ArrayMetadata {
 
     /// Copies chunk `index` out of the whole array's data (C order, memory
     /// form), padding past the array's edge with the fill value.
-    pub fn extract_chunk(&self, data: &[u8], index: &[u64]) -> Vec<u8> {
+    pub fn extract_chunk<'d>(&self, data: &'d [u8], index: &[u64]) -> std::borrow::Cow<'d, [u8]> {
         let item = self.dtype.size();
         let chunk_elements = num_elements(&self.chunk_shape).expect("valid chunk shape") as usize;
         let origin: Vec<u64> = index.iter().zip(&self.chunk_shape).map(|(i, c)| i * c).collect();
         let extent: Vec<u64> =
             origin.iter().zip(&self.chunk_shape).zip(&self.shape).map(|((o, c), s)| (*c).min(s - o)).collect();
         if extent == self.chunk_shape && self.chunk_shape == self.shape {
-            return data.to_vec();
+            return std::borrow::Cow::Borrowed(data);
         }
         let mut out = vec![0u8; chunk_elements * item];
         if extent != self.chunk_shape {
@@ -164,7 +164,7 @@ impl ArrayMetadata {
             let dst: u64 = position.iter().zip(&chunk_strides).map(|(p, s)| p * s).sum();
             out[dst as usize..dst as usize + row_len].copy_from_slice(&data[src as usize..src as usize + row_len]);
         }
-        out
+        std::borrow::Cow::Owned(out)
     }
 
     /// Encodes one chunk (full chunk shape, memory form) as TensorStore
@@ -181,14 +181,19 @@ impl ArrayMetadata {
         };
         match &self.codecs.array_to_bytes {
             ArrayToBytes::Sharding(s) => {
-                let payload = if Self::compressed(&s.inner) {
-                    zstd::bulk::compress(chunk, ZARR3_ZSTD_LEVEL).expect("zstd compresses in memory")
+                let index_len = ShardIndex::encoded_len(1, true);
+                let mut shard = if Self::compressed(&s.inner) {
+                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()) + index_len);
+                    zstd::bulk::Compressor::new(ZARR3_ZSTD_LEVEL)
+                        .and_then(|mut c| c.compress_to_buffer(chunk, &mut out))
+                        .expect("a buffer of compress_bound bytes holds any frame");
+                    out
                 } else {
-                    chunk.to_vec()
+                    let mut out = Vec::with_capacity(chunk.len() + index_len);
+                    out.extend_from_slice(chunk);
+                    out
                 };
-                let mut shard = Vec::with_capacity(payload.len() + ShardIndex::encoded_len(1, true));
-                let len = payload.len() as u64;
-                shard.extend_from_slice(&payload);
+                let len = shard.len() as u64;
                 let mut index = [0u8; 16];
                 index[8..].copy_from_slice(&len.to_le_bytes());
                 shard.extend_from_slice(&index);
@@ -236,11 +241,11 @@ mod tests {
                 let m = ArrayMetadata::orbax(DType::UInt8, vec![5, 3], vec![2, 2], zarr3, compression);
                 let data: Vec<u8> = (0..15).collect();
                 let chunk = m.extract_chunk(&data, &[2, 1]);
-                assert_eq!(chunk, vec![14, 0, 0, 0]);
+                assert_eq!(&chunk[..], &[14, 0, 0, 0]);
                 let encoded = m.encode_chunk(&chunk);
                 let mut out = vec![0u8; 4];
                 codec::decode_chunk("k", &encoded, &m.codecs, &m.chunk_shape, 1, &[0], &mut out).unwrap();
-                assert_eq!(out, chunk);
+                assert_eq!(&out[..], &chunk[..]);
             }
         }
     }

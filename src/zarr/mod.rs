@@ -13,6 +13,7 @@ mod codec;
 mod encode;
 mod metadata;
 
+use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::kvstore::{KvError, KvSource};
@@ -173,10 +174,8 @@ impl ZarrArray {
         let limit = |what: String| ZarrError::Limit { file: kv.describe(&self.key("")), what };
         let nbytes = m.nbytes().ok_or_else(|| limit(format!("shape {:?} overflows", m.shape)))?;
         let nbytes = usize::try_from(nbytes).map_err(|_| limit(format!("{nbytes} bytes do not fit in memory")))?;
-        let mut out = Vec::new();
-        out.try_reserve_exact(nbytes)
-            .map_err(|_| limit(format!("cannot allocate {nbytes} bytes for shape {:?}", m.shape)))?;
-        out.resize(nbytes, 0);
+        let mut out = crate::buffer::zeroed(nbytes)
+            .ok_or_else(|| limit(format!("cannot allocate {nbytes} bytes for shape {:?}", m.shape)))?;
         let item = m.dtype.size();
         let chunk_elements = num_elements(&m.chunk_shape).expect("checked at parse");
         let chunk_bytes = chunk_elements * item as u64;
@@ -191,35 +190,55 @@ impl ZarrArray {
             let indices: Vec<Vec<u64>> = (first..(first + batch).min(num_chunks)).map(|n| unravel(n, &grid)).collect();
             let keys: Vec<String> = indices.iter().map(|i| self.chunk_key(i)).collect();
             let values = kv.get_many(&keys).await?;
-            if m.chunk_shape == m.shape && indices.len() == 1 {
-                // One chunk covers the array exactly: decode in place.
-                self.decode_into(kv, &keys[0], values[0].as_deref(), missing, &mut out)?;
-            } else {
-                let decoded: Vec<Vec<u8>> = keys
-                    .par_iter()
-                    .zip(values.par_iter())
-                    .map(|(key, value)| {
-                        let mut buf = vec![0u8; chunk_bytes as usize];
-                        self.decode_into(kv, key, value.as_deref(), missing, &mut buf)?;
-                        Ok(buf)
-                    })
-                    .collect::<Result<_, ZarrError>>()?;
-                for (index, buf) in indices.iter().zip(&decoded) {
-                    let origin: Vec<u64> = index.iter().zip(&m.chunk_shape).map(|(i, c)| i * c).collect();
-                    let extent: Vec<u64> =
-                        origin.iter().zip(&m.chunk_shape).zip(&m.shape).map(|((o, c), s)| (*c).min(s - o)).collect();
-                    copy_block(buf, &m.chunk_shape, &mut out, &m.shape, &origin, &extent, item);
-                }
-            }
+            // Decoding runs on the CPU pool, not on this task's thread, so
+            // several arrays decode at once while others are being fetched.
+            let described: Vec<String> = keys.iter().map(|k| kv.describe(k)).collect();
+            let this = self.clone();
+            out = on_cpu_pool(move || this.decode_batch(&indices, &described, &values, missing, out)).await?;
             first += batch;
         }
         m.dtype.normalize_stored(&mut out);
         Ok(Array::new(m.dtype, m.shape.clone(), out).expect("sized from the shape"))
     }
 
+    /// Decodes fetched chunks (`described` names them in errors) into the
+    /// whole array's buffer `out`, which it returns.
+    fn decode_batch(
+        &self,
+        indices: &[Vec<u64>],
+        described: &[String],
+        values: &[Option<Bytes>],
+        missing: MissingChunks,
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>, ZarrError> {
+        let m = &self.metadata;
+        let item = m.dtype.size();
+        if m.chunk_shape == m.shape && indices.len() == 1 {
+            // One chunk covers the array exactly: decode in place.
+            self.decode_into(&described[0], values[0].as_deref(), missing, &mut out)?;
+            return Ok(out);
+        }
+        let chunk_bytes = num_elements(&m.chunk_shape).expect("checked at parse") as usize * item;
+        let decoded: Vec<Vec<u8>> = described
+            .par_iter()
+            .zip(values.par_iter())
+            .map(|(key, value)| {
+                let mut buf = vec![0u8; chunk_bytes];
+                self.decode_into(key, value.as_deref(), missing, &mut buf)?;
+                Ok(buf)
+            })
+            .collect::<Result<_, ZarrError>>()?;
+        for (index, buf) in indices.iter().zip(&decoded) {
+            let origin: Vec<u64> = index.iter().zip(&m.chunk_shape).map(|(i, c)| i * c).collect();
+            let extent: Vec<u64> =
+                origin.iter().zip(&m.chunk_shape).zip(&m.shape).map(|((o, c), s)| (*c).min(s - o)).collect();
+            copy_block(buf, &m.chunk_shape, &mut out, &m.shape, &origin, &extent, item);
+        }
+        Ok(out)
+    }
+
     fn decode_into(
         &self,
-        kv: &dyn KvSource,
         key: &str,
         value: Option<&[u8]>,
         missing: MissingChunks,
@@ -227,21 +246,29 @@ impl ZarrArray {
     ) -> Result<(), ZarrError> {
         let m = &self.metadata;
         match (value, missing) {
-            (Some(bytes), _) => codec::decode_chunk(
-                &kv.describe(key),
-                bytes,
-                &m.codecs,
-                &m.chunk_shape,
-                m.dtype.size(),
-                &m.fill_value,
-                out,
-            ),
+            (Some(bytes), _) => {
+                codec::decode_chunk(key, bytes, &m.codecs, &m.chunk_shape, m.dtype.size(), &m.fill_value, out)
+            }
             (None, MissingChunks::Fill) => {
                 fill_with(out, &m.fill_value);
                 Ok(())
             }
-            (None, MissingChunks::Error) => Err(ZarrError::MissingChunk { key: kv.describe(key) }),
+            (None, MissingChunks::Error) => Err(ZarrError::MissingChunk { key: key.to_string() }),
         }
+    }
+}
+
+/// Runs CPU-heavy work on rayon's pool and awaits its result, so the
+/// calling task (and the futures it polls) keep going meanwhile. A panic in
+/// `f` resumes in the caller.
+pub async fn on_cpu_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.await.expect("the pool runs every spawned job") {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
