@@ -46,6 +46,9 @@ pub trait KvSource: Send + Sync + std::fmt::Debug {
     /// `range` of the value of `key`.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, KvError>;
 
+    /// The length of the value of `key`, without reading it.
+    async fn value_len(&self, key: &str) -> Result<Option<u64>, KvError>;
+
     /// Several whole values; implementations batch and coalesce the reads.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, KvError>;
 
@@ -87,6 +90,10 @@ impl KvSource for DirectoryKv {
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, KvError> {
         missing_is_none(self.store.get_range(&join_key(&self.prefix, key), range).await)
+    }
+
+    async fn value_len(&self, key: &str) -> Result<Option<u64>, KvError> {
+        missing_is_none(self.store.head(&join_key(&self.prefix, key)).await.map(|m| m.size))
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, KvError> {

@@ -50,5 +50,6 @@ pub use item::{ArrayStorage, LeafInfo, LeafKind, PyTreeItem, PyTreeMetadata};
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
 pub use save::{
-    save_checkpointables, save_pytree, ArraySharding, SaveOptions, ShardingFn, StorageOptions, StorageOptionsFn,
+    save_checkpointables, save_pytree, ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions,
+    StorageOptionsFn,
 };

@@ -781,6 +781,10 @@ impl KvSource for Database {
         Ok(Database::get_range(self, key.as_bytes(), range).await?)
     }
 
+    async fn value_len(&self, key: &str) -> Result<Option<u64>, KvError> {
+        Ok(self.value_ref(key.as_bytes()).map(ValueRef::len))
+    }
+
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, KvError> {
         Ok(Database::get_many(self, keys).await?)
     }

@@ -66,6 +66,10 @@ pub struct ArraySharding {
     pub write_shape: Vec<u64>,
 }
 
+/// Called as array data is written: bytes of raw array data encoded and
+/// written so far, and the total to write.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Gives the sharding of a leaf, from the item name and the leaf's path.
 pub type ShardingFn = Arc<dyn Fn(&str, &KeyPath) -> Option<ArraySharding> + Send + Sync>;
 
@@ -93,6 +97,8 @@ pub struct SaveOptions {
     /// Shardings of array leaves; those that have one are saved as
     /// `jax.Array` with `_sharding` and `array_metadatas/process_0`.
     pub sharding_for: Option<ShardingFn>,
+    /// Progress of array writing, per item.
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for SaveOptions {
@@ -107,6 +113,7 @@ impl Default for SaveOptions {
             ocdbt_target_data_file_size: DEFAULT_TARGET_DATA_FILE_SIZE,
             custom_metadata: Map::new(),
             sharding_for: None,
+            progress: None,
         }
     }
 }
@@ -123,6 +130,7 @@ impl std::fmt::Debug for SaveOptions {
             .field("ocdbt_target_data_file_size", &self.ocdbt_target_data_file_size)
             .field("custom_metadata", &self.custom_metadata)
             .field("sharding_for", &self.sharding_for.as_ref().map(|_| "<fn>"))
+            .field("progress", &self.progress.as_ref().map(|_| "<fn>"))
             .finish()
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
-use super::{ArraySharding, SaveOptions, StorageOptions};
+use super::{ArraySharding, ProgressFn, SaveOptions, StorageOptions};
 use crate::cast::cast_array;
 use crate::chunking::choose_chunk_shape;
 use crate::error::{Error, Result};
@@ -177,12 +177,14 @@ fn encode(array: &PlannedArray, index: &[u64]) -> (String, Bytes) {
 }
 
 /// Encodes all chunks in parallel, batch by batch, and writes each batch in order.
-async fn write_arrays(arrays: &[PlannedArray<'_>], sink: &mut ArraySink) -> Result<()> {
+async fn write_arrays(arrays: &[PlannedArray<'_>], sink: &mut ArraySink, progress: Option<&ProgressFn>) -> Result<()> {
     for array in arrays {
         let m = &array.metadata;
         sink.put(&array_key(&array.name, m.file_name()), Bytes::from(m.to_json_bytes())).await?;
     }
     let jobs = chunk_jobs(arrays);
+    let total: u64 = jobs.iter().map(|j| j.bytes).sum();
+    let mut done = 0;
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
@@ -196,6 +198,10 @@ async fn write_arrays(arrays: &[PlannedArray<'_>], sink: &mut ArraySink) -> Resu
             jobs[start..end].par_iter().map(|job| encode(&arrays[job.array], &job.index)).collect();
         for (key, value) in encoded {
             sink.put(&key, value).await?;
+        }
+        done += bytes;
+        if let Some(report) = progress {
+            report(done, total);
         }
         start = end;
     }
@@ -257,7 +263,7 @@ pub(super) async fn write(
         } else {
             ArraySink::Directory { store: store.clone(), prefix: dir.to_string() }
         };
-        write_arrays(&arrays, &mut sink).await?;
+        write_arrays(&arrays, &mut sink, options.progress.as_ref()).await?;
         sink.finish().await?;
     }
 

@@ -184,6 +184,14 @@ impl ZarrArray {
         if num_chunks == 0 {
             return Ok(Array::new(m.dtype, m.shape.clone(), out).expect("sized from the shape"));
         }
+        if num_chunks == 1 && m.chunk_shape == m.shape && nbytes >= STREAM_THRESHOLD {
+            match self.read_streaming(kv, missing, out).await? {
+                Streamed::Done(done) => {
+                    return Ok(Array::new(m.dtype, m.shape.clone(), done).expect("sized from the shape"));
+                }
+                Streamed::NotApplicable(back) => out = back,
+            }
+        }
         let batch = (DECODE_BATCH_BYTES / chunk_bytes.max(1)).clamp(1, num_chunks);
         let mut first = 0;
         while first < num_chunks {
@@ -199,6 +207,129 @@ impl ZarrArray {
         }
         m.dtype.normalize_stored(&mut out);
         Ok(Array::new(m.dtype, m.shape.clone(), out).expect("sized from the shape"))
+    }
+
+    /// Reads a single-chunk array by streaming its value in pieces through
+    /// the decoder straight into `out`: no buffer holds the whole compressed
+    /// chunk, and reading the next piece overlaps decoding this one. Applies
+    /// to the layouts TensorStore writes for Orbax (raw or zstd bytes, bare
+    /// or as the only inner chunk of a shard); returns the buffer unused
+    /// otherwise.
+    async fn read_streaming(
+        &self,
+        kv: &dyn KvSource,
+        missing: MissingChunks,
+        out: Vec<u8>,
+    ) -> Result<Streamed, ZarrError> {
+        let m = &self.metadata;
+        let plain = |chain: &CodecChain| match (&chain.array_to_bytes, chain.bytes_to_bytes.as_slice()) {
+            (ArrayToBytes::Bytes { big_endian: false }, []) => Some(false),
+            (ArrayToBytes::Bytes { big_endian: false }, [BytesCodec::Zstd]) => Some(true),
+            _ => None,
+        };
+        let (shard, compressed) = match &m.codecs.array_to_bytes {
+            ArrayToBytes::Sharding(s)
+                if m.codecs.bytes_to_bytes.is_empty()
+                    && s.index_at_end
+                    && !s.index.big_endian
+                    && s.inner_chunk_shape == m.chunk_shape =>
+            {
+                match plain(&s.inner) {
+                    Some(compressed) => (Some(s), compressed),
+                    None => return Ok(Streamed::NotApplicable(out)),
+                }
+            }
+            ArrayToBytes::Bytes { .. } => match plain(&m.codecs) {
+                Some(compressed) => (None, compressed),
+                None => return Ok(Streamed::NotApplicable(out)),
+            },
+            ArrayToBytes::Sharding(_) => return Ok(Streamed::NotApplicable(out)),
+        };
+        let key = self.chunk_key(&vec![0; m.shape.len()]);
+        let described = kv.describe(&key);
+        let corrupt = |what: String| ZarrError::Corrupt { key: described.clone(), what };
+        let fill_or_fail = |mut out: Vec<u8>| match missing {
+            MissingChunks::Fill => {
+                fill_with(&mut out, &m.fill_value);
+                Ok(Streamed::Done(out))
+            }
+            MissingChunks::Error => Err(ZarrError::MissingChunk { key: described.clone() }),
+        };
+        let Some(len) = kv.value_len(&key).await? else { return fill_or_fail(out) };
+        let range = match shard {
+            None => 0..len,
+            Some(s) => {
+                let index_len = ShardIndex::encoded_len(1, s.index.crc32c) as u64;
+                if len < index_len {
+                    return Err(corrupt(format!("shard of {len} bytes is shorter than its {index_len}-byte index")));
+                }
+                let index =
+                    kv.get_range(&key, len - index_len..len).await?.ok_or_else(|| corrupt("vanished".into()))?;
+                if s.index.crc32c {
+                    let stored = u32::from_le_bytes(index[16..20].try_into().expect("4 bytes"));
+                    let computed = crc32c::crc32c(&index[..16]);
+                    if stored != computed {
+                        return Err(ZarrError::Checksum {
+                            key: described,
+                            what: "shard index crc32c".into(),
+                            stored,
+                            computed,
+                        });
+                    }
+                }
+                let offset = u64::from_le_bytes(index[..8].try_into().expect("8 bytes"));
+                let nbytes = u64::from_le_bytes(index[8..16].try_into().expect("8 bytes"));
+                if offset == MISSING_INNER_CHUNK && nbytes == MISSING_INNER_CHUNK {
+                    return fill_or_fail(out);
+                }
+                match offset.checked_add(nbytes) {
+                    Some(end) if end <= len - index_len => offset..end,
+                    _ => {
+                        return Err(corrupt(format!(
+                            "shard index entry ({offset}, {nbytes}) lies outside the shard's {} data bytes",
+                            len - index_len
+                        )))
+                    }
+                }
+            }
+        };
+        if !compressed && range.end - range.start != out.len() as u64 {
+            let (expected, found) = (out.len() as u64, range.end - range.start);
+            return Err(ZarrError::ChunkSize { key: described, expected, found });
+        }
+        let piece = |start: u64| start..(start + STREAM_PIECE_BYTES).min(range.end);
+        let mut decoder = StreamDecoder { compressed, zstd: None, written: 0, out, frame_done: false };
+        let vanished = || corrupt("the value vanished while being read".into());
+        let mut bytes = kv.get_range(&key, piece(range.start)).await?.ok_or_else(vanished)?;
+        let mut position = range.start + bytes.len() as u64;
+        loop {
+            // Decode this piece on the CPU pool while the next one is read.
+            let next = (position < range.end).then(|| kv.get_range(&key, piece(position)));
+            let name = described.clone();
+            let step = on_cpu_pool(move || {
+                let result = decoder.feed(&bytes, &name);
+                (decoder, result)
+            });
+            let read = async {
+                match next {
+                    Some(read) => read.await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (read, (returned, result)) = futures::join!(read, step);
+            decoder = returned;
+            result?;
+            match read? {
+                Some(next_bytes) => {
+                    let next_bytes = next_bytes.ok_or_else(vanished)?;
+                    position += next_bytes.len() as u64;
+                    bytes = next_bytes;
+                }
+                None if position < range.end => return Err(vanished()),
+                None => break,
+            }
+        }
+        decoder.finish(&described).map(Streamed::Done)
     }
 
     /// Decodes fetched chunks (`described` names them in errors) into the
@@ -269,6 +400,79 @@ pub async fn on_cpu_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
     match rx.await.expect("the pool runs every spawned job") {
         Ok(value) => value,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Arrays at least this large, stored as one chunk, are read by streaming.
+const STREAM_THRESHOLD: usize = 8 << 20;
+/// Bytes of a streamed value read at a time.
+const STREAM_PIECE_BYTES: u64 = 4 << 20;
+
+/// Outcome of [`ZarrArray::read_streaming`].
+enum Streamed {
+    /// The array was read into the buffer.
+    Done(Vec<u8>),
+    /// The layout needs the general path; the buffer is handed back.
+    NotApplicable(Vec<u8>),
+}
+
+/// Decodes a raw or zstd-compressed chunk fed in pieces into its output buffer.
+struct StreamDecoder {
+    compressed: bool,
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
+    written: usize,
+    out: Vec<u8>,
+    frame_done: bool,
+}
+
+impl StreamDecoder {
+    fn feed(&mut self, piece: &[u8], key: &str) -> Result<(), ZarrError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let corrupt = |what: String| ZarrError::Corrupt { key: key.to_string(), what };
+        if !self.compressed {
+            let end = self.written + piece.len();
+            self.out
+                .get_mut(self.written..end)
+                .ok_or_else(|| corrupt("chunk longer than expected".into()))?
+                .copy_from_slice(piece);
+            self.written = end;
+            return Ok(());
+        }
+        if self.frame_done && !piece.is_empty() {
+            return Err(corrupt("data after the end of the zstd frame".into()));
+        }
+        let decoder = match &mut self.zstd {
+            Some(d) => d,
+            None => self.zstd.insert(zstd::stream::raw::Decoder::new().map_err(|e| corrupt(format!("zstd: {e}")))?),
+        };
+        let mut input = InBuffer::around(piece);
+        let mut output = OutBuffer::around_pos(&mut self.out[..], self.written);
+        while input.pos() < piece.len() {
+            let before = (input.pos(), output.pos());
+            let hint = decoder.run(&mut input, &mut output).map_err(|e| corrupt(format!("zstd: {e}")))?;
+            if hint == 0 {
+                self.frame_done = true;
+                if input.pos() < piece.len() {
+                    return Err(corrupt("data after the end of the zstd frame".into()));
+                }
+            }
+            if (input.pos(), output.pos()) == before {
+                return Err(corrupt(format!("zstd frame decodes to more than the {} bytes expected", self.out.len())));
+            }
+        }
+        self.written = output.pos();
+        Ok(())
+    }
+
+    fn finish(self, key: &str) -> Result<Vec<u8>, ZarrError> {
+        if self.written != self.out.len() || (self.compressed && !self.frame_done) {
+            return Err(ZarrError::ChunkSize {
+                key: key.to_string(),
+                expected: self.out.len() as u64,
+                found: self.written as u64,
+            });
+        }
+        Ok(self.out)
     }
 }
 

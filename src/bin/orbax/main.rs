@@ -158,6 +158,7 @@ impl Layout {
             None => None,
         };
         Ok(orbax::SaveOptions {
+            progress: terminal_progress(),
             use_ocdbt: !self.no_ocdbt,
             use_zarr3: !self.zarr2,
             use_compression: !self.no_compression,
@@ -166,6 +167,20 @@ impl Layout {
             ..Default::default()
         })
     }
+}
+
+/// Progress on stderr when it is a terminal: `writing 123 / 456 MiB`.
+fn terminal_progress() -> Option<orbax::ProgressFn> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        Arc::new(|done: u64, total: u64| {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            eprint!("\rwriting {:.1} / {:.1} MiB", mib(done), mib(total));
+            if done == total {
+                eprintln!();
+            }
+        }) as orbax::ProgressFn
+    })
 }
 
 /// Opens the local directory containing `path` and returns the key of `path` in it.
