@@ -56,12 +56,12 @@ fn insert(tree: &mut Vec<(String, PyTree)>, parts: &[&str], name: &str, leaf: Py
     }
 }
 
-/// Builds a tree from named tensors; an empty separator keeps names flat.
-pub fn tree_from_named(tensors: Vec<(String, Array)>, separator: &str) -> Result<PyTree, ImportError> {
+/// Builds a tree from named leaves; an empty separator keeps names flat.
+pub fn tree_from_named(leaves: Vec<(String, PyTree)>, separator: &str) -> Result<PyTree, ImportError> {
     let mut root = Vec::new();
-    for (name, array) in tensors {
+    for (name, leaf) in leaves {
         let parts: Vec<&str> = if separator.is_empty() { vec![&name] } else { name.split(separator).collect() };
-        insert(&mut root, &parts, &name, PyTree::Array(array))?;
+        insert(&mut root, &parts, &name, leaf)?;
     }
     Ok(PyTree::Dict(root))
 }
@@ -90,8 +90,8 @@ fn dtype_of_safetensors(d: safetensors::Dtype) -> Option<DType> {
     })
 }
 
-/// Reads every tensor of a safetensors file, in file order.
-pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<(String, Array)>, ImportError> {
+/// Reads every tensor of a safetensors file, in file order, as array leaves.
+pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<(String, PyTree)>, ImportError> {
     let format = |what: String| ImportError::Format { file: file.to_string(), what };
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
     let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
@@ -104,15 +104,29 @@ pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<(String, Array)>
             let shape = t.shape().iter().map(|&d| d as u64).collect();
             let array =
                 Array::new(dtype, shape, t.data().to_vec()).map_err(|e| format(format!("tensor {name}: {e}")))?;
-            Ok((name, array))
+            Ok((name, PyTree::Array(array)))
         })
         .collect()
 }
 
-/// Reads one `.npy` file.
-pub fn read_npy(bytes: &[u8], file: &str) -> Result<Array, ImportError> {
+/// Reads one `.npy` file: an array leaf, or a string leaf for a 0-d numpy
+/// unicode array (what [`crate::export::to_npz`] writes for strings).
+pub fn read_npy(bytes: &[u8], file: &str) -> Result<PyTree, ImportError> {
     let format = |what: String| ImportError::Format { file: file.to_string(), what };
     let header = npy::parse_header(bytes).map_err(format)?;
+    if let Some(width) = header.descr.strip_prefix("<U").and_then(|w| w.parse::<usize>().ok()) {
+        let data = bytes.get(header.data_offset..).unwrap_or_default();
+        if !header.shape.is_empty() || data.len() != width.saturating_mul(4) {
+            return Err(format(format!("only 0-d unicode arrays are read, not shape {:?}", header.shape)));
+        }
+        let text: String = data
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .take_while(|&c| c != 0)
+            .map(|c| char::from_u32(c).ok_or_else(|| format(format!("invalid character {c:#x}"))))
+            .collect::<Result<_, _>>()?;
+        return Ok(PyTree::String(text));
+    }
     let (dtype, big_endian) =
         parse_v2_dtype(&header.descr).ok_or_else(|| format(format!("unsupported dtype {:?}", header.descr)))?;
     let n = num_elements(&header.shape).ok_or_else(|| format("shape overflows".into()))?;
@@ -127,11 +141,11 @@ pub fn read_npy(bytes: &[u8], file: &str) -> Result<Array, ImportError> {
             element.reverse();
         }
     }
-    Array::new(dtype, header.shape, data).map_err(format)
+    Array::new(dtype, header.shape, data).map(PyTree::Array).map_err(format)
 }
 
-/// Reads every array of an `.npz` archive (stored or deflated), in archive order.
-pub fn read_npz(bytes: &[u8], file: &str) -> Result<Vec<(String, Array)>, ImportError> {
+/// Reads every member of an `.npz` archive (stored or deflated), in archive order.
+pub fn read_npz(bytes: &[u8], file: &str) -> Result<Vec<(String, PyTree)>, ImportError> {
     let format = |what: String| ImportError::Format { file: file.to_string(), what };
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format(e.to_string()))?;
     let mut out = Vec::new();
@@ -154,7 +168,7 @@ mod tests {
 
     #[test]
     fn names_split_into_nested_dicts() {
-        let a = |v: u8| Array::new(DType::UInt8, vec![1], vec![v]).unwrap();
+        let a = |v: u8| PyTree::Array(Array::new(DType::UInt8, vec![1], vec![v]).unwrap());
         let tree =
             tree_from_named(vec![("layer.0.w".into(), a(1)), ("layer.0.b".into(), a(2)), ("head".into(), a(3))], ".")
                 .unwrap();
@@ -171,7 +185,7 @@ mod tests {
         let st = crate::export::to_safetensors(&tree, Default::default()).unwrap();
         assert_eq!(tree_from_named(read_safetensors(&st, "t").unwrap(), ".").unwrap(), tree);
         let b = Array::new(DType::Float32, vec![2], vec![0, 0, 0x80, 0x3f, 0, 0, 0, 0x40]).unwrap();
-        let tree = PyTree::Dict(vec![("x".into(), PyTree::Array(b))]);
+        let tree = PyTree::Dict(vec![("s".into(), PyTree::String("ключ ✓".into())), ("x".into(), PyTree::Array(b))]);
         let npz = crate::export::to_npz(&tree).unwrap();
         assert_eq!(tree_from_named(read_npz(&npz, "t").unwrap(), ".").unwrap(), tree);
     }

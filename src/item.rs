@@ -15,7 +15,7 @@ use crate::metadata::{
 use crate::ocdbt::Database;
 use crate::pytree::{KeyPath, PyTree, Scalar};
 use crate::storage::{join_key, Storage, StorageError};
-use crate::zarr::{ArrayToBytes, BytesCodec, MissingChunks, ZarrArray};
+use crate::zarr::{ArrayToBytes, BytesCodec, MetadataCache, MissingChunks, ZarrArray};
 use crate::DType;
 
 /// Leaves whose metadata is read concurrently by [`PyTreeItem::metadata`].
@@ -151,6 +151,7 @@ pub struct PyTreeItem {
     use_ocdbt: bool,
     use_zarr3: bool,
     custom_metadata: serde_json::Value,
+    zarr_metadata: MetadataCache,
 }
 
 async fn get_optional(store: &dyn Storage, key: &str) -> Result<Option<Bytes>> {
@@ -312,6 +313,7 @@ impl PyTreeItem {
             use_ocdbt,
             use_zarr3: tree.as_ref().is_some_and(|t| t.use_zarr3),
             custom_metadata: tree.map(|t| t.custom_metadata).unwrap_or(serde_json::Value::Null),
+            zarr_metadata: MetadataCache::default(),
         })
     }
 
@@ -338,7 +340,7 @@ impl PyTreeItem {
     }
 
     async fn open_array(&self, leaf: &LeafPlan) -> Result<ZarrArray> {
-        Ok(ZarrArray::open(self.kv()?.as_ref(), &leaf.param_name).await?)
+        Ok(ZarrArray::open_cached(self.kv()?.as_ref(), &leaf.param_name, &self.zarr_metadata).await?)
     }
 
     async fn leaf_info(&self, leaf: &LeafPlan) -> Result<LeafInfo> {

@@ -132,6 +132,9 @@ pub async fn locate_checkpoint(
             && !path.is_empty()
             && Listing::of(store.as_ref(), &parent).await?.has_any(CHECKPOINT_MARKERS);
         let name = parent_is_checkpoint.then(|| key_basename(&path).to_string());
+        let committed = has_commit_file
+            || (parent_is_checkpoint && store.head(&join_key(&parent, "commit_success.txt")).await.is_ok());
+        require_commit_file(store.as_ref(), &path, committed, options)?;
         let items = vec![ItemLocation { name, path: path.clone(), kind: ItemKind::PyTree }];
         return Ok(CheckpointLocation { path, items, has_commit_file });
     }
@@ -167,8 +170,23 @@ pub async fn locate_checkpoint(
         };
         return Err(Error::NotACheckpoint { path, what });
     }
+    require_commit_file(store.as_ref(), &path, has_commit_file, options)?;
     items.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(CheckpointLocation { path, items, has_commit_file })
+}
+
+/// On stores without atomic rename (object stores) a save is written in
+/// place and `commit_success.txt` is written last, so its absence marks a
+/// save that has not finished. On local disks it is optional: checkpoints
+/// written before Orbax 0.12.3 do not have it.
+fn require_commit_file(store: &dyn Storage, path: &str, committed: bool, options: LocateOptions) -> Result<(), Error> {
+    if committed || options.allow_uncommitted || store.capabilities().atomic_rename {
+        return Ok(());
+    }
+    Err(Error::Uncommitted {
+        path: path.to_string(),
+        reason: "commit_success.txt is missing, and on this store it is written last by every save".into(),
+    })
 }
 
 /// A step directory of a managed root.

@@ -180,3 +180,59 @@ fn streamed_chunks_with_damage_are_errors() {
         }
     }
 }
+
+/// An in-memory store that, like S3 or GCS, cannot rename: saves take the
+/// write-in-place path with `commit_success.txt` last.
+#[derive(Debug, Default)]
+struct NoRename(InMemory);
+
+#[async_trait::async_trait]
+impl Storage for NoRename {
+    async fn get(&self, key: &str) -> orbax::storage::Result<bytes::Bytes> {
+        self.0.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> orbax::storage::Result<bytes::Bytes> {
+        self.0.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> orbax::storage::Result<orbax::storage::ObjectMeta> {
+        self.0.head(key).await
+    }
+    async fn put(&self, key: &str, data: bytes::Bytes, mode: orbax::storage::PutMode) -> orbax::storage::Result<()> {
+        self.0.put(key, data, mode).await
+    }
+    async fn delete(&self, key: &str) -> orbax::storage::Result<()> {
+        self.0.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> orbax::storage::Result<Vec<orbax::storage::ObjectMeta>> {
+        self.0.list(prefix).await
+    }
+    async fn list_with_delimiter(&self, prefix: &str) -> orbax::storage::Result<orbax::storage::ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+    fn capabilities(&self) -> orbax::storage::Capabilities {
+        orbax::storage::Capabilities { conditional_create: true, ..Default::default() }
+    }
+}
+
+#[test]
+fn stores_without_rename_commit_with_the_marker_written_last() {
+    let store: Arc<dyn Storage> = Arc::new(NoRename::default());
+    let tree = PyTree::Dict(vec![("x".into(), f32s(&[1.0, 2.0]))]);
+    save(&store, "ckpt", &tree, &SaveOptions::default()).unwrap();
+    assert!(blocking::block_on(store.head("ckpt/commit_success.txt")).is_ok());
+    assert_eq!(blocking::load_pytree(&store, "ckpt", &LoadOptions::default()).unwrap(), tree);
+
+    // A save that died before its marker: readers refuse it unless asked.
+    blocking::block_on(store.delete("ckpt/commit_success.txt")).unwrap();
+    let err = blocking::load_pytree(&store, "ckpt", &LoadOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Uncommitted, "{err}");
+    let err = blocking::load_pytree(&store, "ckpt/state", &LoadOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Uncommitted, "{err}");
+    let anyway = LoadOptions { allow_uncommitted: true, ..Default::default() };
+    assert_eq!(blocking::load_pytree(&store, "ckpt", &anyway).unwrap(), tree);
+
+    // Overwrite in place, then the marker again.
+    let two = PyTree::Dict(vec![("x".into(), f32s(&[3.0]))]);
+    save(&store, "ckpt", &two, &SaveOptions { overwrite: true, ..Default::default() }).unwrap();
+    assert_eq!(blocking::load_pytree(&store, "ckpt", &LoadOptions::default()).unwrap(), two);
+}

@@ -142,7 +142,13 @@ fn now_ns() -> i64 {
 /// Saves `tree` as the `state` item of a new checkpoint at `path`, like
 /// Orbax's `save_pytree(path, tree)`.
 pub async fn save_pytree(store: &Arc<dyn Storage>, path: &str, tree: &PyTree, options: &SaveOptions) -> Result<()> {
-    save_checkpointables(store, path, &[("state".to_string(), Checkpointable::PyTree(tree.clone()))], options).await
+    save_items(store, path, &[("state", Item::PyTree(tree))], options).await
+}
+
+/// A borrowed item to save (saving never copies the caller's data).
+enum Item<'a> {
+    PyTree(&'a PyTree),
+    Json(&'a Value),
 }
 
 /// Saves named items (PyTrees and JSON documents) as one checkpoint, like
@@ -151,6 +157,25 @@ pub async fn save_checkpointables(
     store: &Arc<dyn Storage>,
     path: &str,
     items: &[(String, Checkpointable)],
+    options: &SaveOptions,
+) -> Result<()> {
+    let borrowed: Vec<(&str, Item)> = items
+        .iter()
+        .map(|(name, item)| {
+            let item = match item {
+                Checkpointable::PyTree(tree) => Item::PyTree(tree),
+                Checkpointable::Json(value) => Item::Json(value),
+            };
+            (name.as_str(), item)
+        })
+        .collect();
+    save_items(store, path, &borrowed, options).await
+}
+
+async fn save_items(
+    store: &Arc<dyn Storage>,
+    path: &str,
+    items: &[(&str, Item<'_>)],
     options: &SaveOptions,
 ) -> Result<()> {
     let path = path.trim_end_matches('/');
@@ -178,14 +203,14 @@ pub async fn save_checkpointables(
     for (name, item) in items {
         let dir = join_key(&work, name);
         match item {
-            Checkpointable::PyTree(tree) => {
+            Item::PyTree(tree) => {
                 pytree_item::write(store, &dir, name, tree, options).await?;
-                handlers.insert(name.clone(), json!(PYTREE_HANDLER));
+                handlers.insert(name.to_string(), json!(PYTREE_HANDLER));
             }
-            Checkpointable::Json(value) => {
+            Item::Json(value) => {
                 let text = to_string(value, JsonStyle::Python);
                 store.put(&join_key(&dir, "data.json"), Bytes::from(text), PutMode::Overwrite).await?;
-                handlers.insert(name.clone(), json!(JSON_HANDLER));
+                handlers.insert(name.to_string(), json!(JSON_HANDLER));
             }
         }
     }

@@ -145,14 +145,22 @@ impl ZarrArray {
     /// Opens the array named `name` (`""` for a tree that is a single leaf),
     /// reading `zarr.json` or, failing that, `.zarray`.
     pub async fn open(kv: &dyn KvSource, name: &str) -> Result<ZarrArray, ZarrError> {
+        Self::open_cached(kv, name, &MetadataCache::default()).await
+    }
+
+    /// Like [`ZarrArray::open`], reusing metadata already parsed from the
+    /// same bytes: the arrays of a model share a handful of distinct
+    /// `zarr.json` documents, so a checkpoint of thousands of leaves parses
+    /// only those few.
+    pub async fn open_cached(kv: &dyn KvSource, name: &str, cache: &MetadataCache) -> Result<ZarrArray, ZarrError> {
         let v3 = array_key(name, "zarr.json");
         if let Some(bytes) = kv.get(&v3).await? {
-            let metadata = ArrayMetadata::parse_v3(&bytes, &kv.describe(&v3))?;
+            let metadata = cache.parse(bytes, || kv.describe(&v3), ArrayMetadata::parse_v3)?;
             return Ok(ZarrArray { name: name.to_string(), metadata });
         }
         let v2 = array_key(name, ".zarray");
         if let Some(bytes) = kv.get(&v2).await? {
-            let metadata = ArrayMetadata::parse_v2(&bytes, &kv.describe(&v2))?;
+            let metadata = cache.parse(bytes, || kv.describe(&v2), ArrayMetadata::parse_v2)?;
             return Ok(ZarrArray { name: name.to_string(), metadata });
         }
         Err(ZarrError::MissingMetadata { location: kv.describe(&v3) })
@@ -201,8 +209,13 @@ impl ZarrArray {
             // Decoding runs on the CPU pool, not on this task's thread, so
             // several arrays decode at once while others are being fetched.
             let described: Vec<String> = keys.iter().map(|k| kv.describe(k)).collect();
-            let this = self.clone();
-            out = on_cpu_pool(move || this.decode_batch(&indices, &described, &values, missing, out)).await?;
+            out = if nbytes < INLINE_DECODE_BYTES {
+                // Small arrays decode faster than a hand-off to the pool.
+                self.decode_batch(&indices, &described, &values, missing, out)?
+            } else {
+                let this = self.clone();
+                on_cpu_pool(move || this.decode_batch(&indices, &described, &values, missing, out)).await?
+            };
             first += batch;
         }
         m.dtype.normalize_stored(&mut out);
@@ -403,6 +416,30 @@ pub async fn on_cpu_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
     }
 }
 
+/// Parsed array metadata by the exact bytes it was parsed from.
+#[derive(Debug, Default)]
+pub struct MetadataCache {
+    parsed: std::sync::Mutex<std::collections::HashMap<Bytes, ArrayMetadata>>,
+}
+
+impl MetadataCache {
+    fn parse(
+        &self,
+        bytes: Bytes,
+        file: impl FnOnce() -> String,
+        parse: fn(&[u8], &str) -> Result<ArrayMetadata, ZarrError>,
+    ) -> Result<ArrayMetadata, ZarrError> {
+        if let Some(found) = self.parsed.lock().expect("cache lock").get(&bytes) {
+            return Ok(found.clone());
+        }
+        let metadata = parse(&bytes, &file())?;
+        self.parsed.lock().expect("cache lock").insert(bytes, metadata.clone());
+        Ok(metadata)
+    }
+}
+
+/// Arrays smaller than this are decoded on the calling task.
+const INLINE_DECODE_BYTES: usize = 64 << 10;
 /// Arrays at least this large, stored as one chunk, are read by streaming.
 const STREAM_THRESHOLD: usize = 8 << 20;
 /// Bytes of a streamed value read at a time.
