@@ -149,7 +149,7 @@ def main(out, binary):
     for p in problems:
       print("     " + p)
     failed += bool(problems)
-  print(f"writer conformance: {len(cases) - failed} passed, {failed} failed")
+  print(f"writer-conformance: {len(cases) - failed} passed, {failed} failed")
   return 1 if failed else 0
 
 

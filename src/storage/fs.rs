@@ -116,6 +116,15 @@ impl Drop for FileWriter {
     }
 }
 
+/// Creates the parent directories of `path` and a new temporary file beside it.
+fn create_temp(path: &Path, key: &str) -> Result<(PathBuf, File)> {
+    let dir = path.parent().expect("a validated key has a parent");
+    fs::create_dir_all(dir).map_err(|e| io_error(key, e))?;
+    let tmp = temp_path(path);
+    let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(key, e))?;
+    Ok((tmp, file))
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
@@ -200,10 +209,7 @@ impl Storage for LocalFileSystem {
         let path = self.path(key)?;
         let key = key.to_string();
         blocking(move || {
-            let dir = path.parent().expect("a validated key has a parent");
-            fs::create_dir_all(dir).map_err(|e| io_error(&key, e))?;
-            let tmp = temp_path(&path);
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(&key, e))?;
+            let (tmp, mut file) = create_temp(&path, &key)?;
             let written = file.write_all(&data).and_then(|_| file.sync_data());
             drop(file);
             let placed = written.and_then(|_| match mode {
@@ -226,10 +232,7 @@ impl Storage for LocalFileSystem {
         let path = self.path(key)?;
         let key = key.to_string();
         blocking(move || {
-            let dir = path.parent().expect("a validated key has a parent");
-            fs::create_dir_all(dir).map_err(|e| io_error(&key, e))?;
-            let tmp = temp_path(&path);
-            let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(&key, e))?;
+            let (tmp, file) = create_temp(&path, &key)?;
             Ok(Box::new(FileWriter { key, tmp, path, file: Some(file), written: 0 }) as Box<dyn ObjectWriter>)
         })
         .await
