@@ -55,6 +55,21 @@ def sharded_tree():
   }
 
 
+def checkpointables():
+  """name -> (items, options): multi-item checkpoints (two PyTrees and a JSON item)."""
+  base = {"use_ocdbt": True, "use_zarr3": True, "use_compression": True, "chunk_byte_size": None, "storage_dtype": None}
+  items = {
+      "params": {"w": values("float32", (2, 3), 40), "b": values("bfloat16", (3,), 41)},
+      "opt": [values("int32", (3,), 42), {"mu": values("float64", (2,), 43)}],
+      "config": {"lr": 0.001, "name": "run \u2713", "layers": [64, 32], "flags": {"a": True, "b": False},
+                 "empty_o": {}, "empty_a": [], "nothing": None, "neg": -3},
+  }
+  return {"multi_item": (items, dict(base)), "multi_item_zarr2": (items, {**base, "use_zarr3": False})}
+
+
+JSON_ITEMS = ("config",)
+
+
 def trees():
   """name -> (tree, options). options: use_ocdbt, use_zarr3, use_compression, chunk_byte_size, storage_dtype."""
   base = {"use_ocdbt": True, "use_zarr3": True, "use_compression": True, "chunk_byte_size": None, "storage_dtype": None}

@@ -6,7 +6,8 @@ For every case in OUT/cases.json:
     dtypes, shapes, bit-identical values);
   * same bytes: `_METADATA`, `_strings.json`, `_sharding`, `array_metadatas/*`
     and every `zarr.json` / `.zarray` are byte-identical; `_CHECKPOINT_METADATA`
-    is identical except for its two timestamps; the key -> value maps of the
+    is byte-identical except for its two timestamps; JSON items' data.json are
+    byte-identical; the key -> value maps of the
     array stores are identical once chunk payloads are decompressed;
   * we read us: `orbax inspect --json` prints the same document for both.
 
@@ -15,6 +16,7 @@ Prints one line per case and a closing "N passed, M failed".
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,8 +28,9 @@ import orbax.checkpoint.experimental.v1 as ocp  # noqa: E402
 import tensorstore as ts  # noqa: E402
 import zstandard  # noqa: E402
 
+import cases as cases_lib  # noqa: E402
+
 SAME_BYTES = ("_METADATA", "_strings.json", "_sharding", "array_metadatas/process_0")
-TIMESTAMPS = ("init_timestamp_nsecs", "commit_timestamp_nsecs")
 
 
 def leaf_signature(x):
@@ -107,31 +110,52 @@ def compare_stores(ours_item, theirs_item, problems):
       problems.append(f"{key}: decompressed chunk differs")
 
 
-def check_case(out, name, binary):
+def json_context():
+  registry = ocp.handlers.local_registry()
+  for name in cases_lib.JSON_ITEMS:
+    registry.add(ocp.handlers.JsonHandler, checkpointable_name=name)
+  return ocp.Context(checkpointables_options=ocp.options.CheckpointablesOptions(registry=registry))
+
+
+def without_timestamps(path):
+  text = open(os.path.join(path, "_CHECKPOINT_METADATA"), "rb").read()
+  return re.sub(rb'("(?:init|commit)_timestamp_nsecs": )\d+', rb"\g<1>0", text)
+
+
+def check_case(out, name, items, binary):
   ours = os.path.join(out, "ours", name)
   theirs = os.path.join(out, "orbax", name)
   problems = []
   try:
-    if tree_signature(ocp.load_pytree(ours)) != tree_signature(ocp.load_pytree(theirs)):
-      problems.append("load_pytree differs from Orbax's own checkpoint")
-    if meta_signature(ocp.pytree_metadata(ours).metadata) != meta_signature(ocp.pytree_metadata(theirs).metadata):
-      problems.append("pytree_metadata differs")
+    if items == ["state"]:
+      if tree_signature(ocp.load_pytree(ours)) != tree_signature(ocp.load_pytree(theirs)):
+        problems.append("load_pytree differs from Orbax's own checkpoint")
+      if meta_signature(ocp.pytree_metadata(ours).metadata) != meta_signature(ocp.pytree_metadata(theirs).metadata):
+        problems.append("pytree_metadata differs")
+    else:
+      with json_context():
+        a, b = ocp.load_checkpointables(ours), ocp.load_checkpointables(theirs)
+      for item in items:
+        if item in cases_lib.JSON_ITEMS:
+          if a[item] != b[item]:
+            problems.append(f"JSON item {item} loads as {a[item]!r}, Orbax's as {b[item]!r}")
+        elif tree_signature(a[item]) != tree_signature(b[item]):
+          problems.append(f"load_checkpointables()[{item!r}] differs")
   except Exception as e:  # noqa: BLE001 - report every failure as a problem
     problems.append(f"Orbax failed to load ours: {type(e).__name__}: {e}")
-  for f in SAME_BYTES:
-    a, b = os.path.join(ours, "state", f), os.path.join(theirs, "state", f)
-    if os.path.exists(a) != os.path.exists(b):
-      problems.append(f"state/{f}: present in {'ours' if os.path.exists(a) else 'Orbax'} only")
-    elif os.path.exists(a) and open(a, "rb").read() != open(b, "rb").read():
-      problems.append(f"state/{f}: bytes differ:\n    ours  {open(a, 'rb').read()[:400]!r}\n"
-                      f"    Orbax {open(b, 'rb').read()[:400]!r}")
-  ca, cb = (json.load(open(os.path.join(p, "_CHECKPOINT_METADATA"))) for p in (ours, theirs))
-  for t in TIMESTAMPS:
-    ca.pop(t, None)
-    cb.pop(t, None)
-  if ca != cb:
-    problems.append(f"_CHECKPOINT_METADATA differs beyond timestamps: {ca} vs {cb}")
-  compare_stores(os.path.join(ours, "state"), os.path.join(theirs, "state"), problems)
+  for item in items:
+    for f in SAME_BYTES + ("data.json",):
+      a, b = os.path.join(ours, item, f), os.path.join(theirs, item, f)
+      if os.path.exists(a) != os.path.exists(b):
+        problems.append(f"{item}/{f}: present in {'ours' if os.path.exists(a) else 'Orbax'} only")
+      elif os.path.exists(a) and open(a, "rb").read() != open(b, "rb").read():
+        problems.append(f"{item}/{f}: bytes differ:\n    ours  {open(a, 'rb').read()[:400]!r}\n"
+                        f"    Orbax {open(b, 'rb').read()[:400]!r}")
+    if item not in cases_lib.JSON_ITEMS:
+      compare_stores(os.path.join(ours, item), os.path.join(theirs, item), problems)
+  if without_timestamps(ours) != without_timestamps(theirs):
+    problems.append(f"_CHECKPOINT_METADATA differs beyond timestamps: {without_timestamps(ours)!r} vs "
+                    f"{without_timestamps(theirs)!r}")
   docs = [subprocess.run([binary, "inspect", p, "--json"], capture_output=True, text=True) for p in (ours, theirs)]
   if any(d.returncode for d in docs):
     problems.append("orbax inspect failed: " + " | ".join(d.stderr.strip() for d in docs))
@@ -144,7 +168,7 @@ def main(out, binary):
   cases = json.load(open(os.path.join(out, "cases.json")))
   failed = 0
   for case in cases:
-    problems = check_case(out, case["name"], binary)
+    problems = check_case(out, case["name"], case["items"], binary)
     print(f"{'ok  ' if not problems else 'FAIL'} {case['name']}")
     for p in problems:
       print("     " + p)

@@ -295,8 +295,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let checkpoint = block_on(Checkpoint::open(&store, &key, &options(&open, None)))?;
             let metadata = block_on(checkpoint.checkpointables_metadata())?;
             let items = block_on(checkpoint.load_checkpointables())?;
-            let items: Vec<(String, orbax::Checkpointable)> =
+            let mut items: Vec<(String, orbax::Checkpointable)> =
                 items.into_iter().map(|(name, item)| (name.unwrap_or_else(|| "state".into()), item)).collect();
+            // Keep the source's item order (it is the order of `item_handlers`).
+            if let Some(orbax::metadata::ItemHandlers::Map(handlers)) = checkpoint.metadata().map(|m| &m.item_handlers)
+            {
+                items.sort_by_key(|(name, _)| handlers.iter().position(|(h, _)| h == name).unwrap_or(usize::MAX));
+            }
             let save = orbax::SaveOptions { sharding_for: Some(metadata.sharding_fn()), ..layout.save_options()? };
             let (out_store, out_key) = open_local(&out)?;
             block_on(orbax::save_checkpointables(&out_store, &out_key, &items, &save))?;
