@@ -27,10 +27,17 @@ pub(crate) fn zeroed(n: usize) -> Option<Vec<u8>> {
     };
     #[cfg(target_os = "linux")]
     if n >= HUGE_PAGE_THRESHOLD {
-        // SAFETY: the range is this buffer's own allocation; madvise only
-        // changes how the kernel backs it and never its contents.
-        unsafe {
-            libc::madvise(buffer.as_ptr() as *mut libc::c_void, n, libc::MADV_HUGEPAGE);
+        // madvise needs a page-aligned start: advise the whole pages inside
+        // the buffer (the allocator's header usually shifts it by a few bytes).
+        const PAGE: usize = 4096;
+        let start = (buffer.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (buffer.as_ptr() as usize + n) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies within this buffer's own allocation;
+            // madvise only changes how the kernel backs it, never its contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
         }
     }
     Some(buffer)

@@ -117,7 +117,14 @@ pub async fn tree_view(checkpoint: &Checkpoint, item: Option<&str>) -> Result<St
                                 line.push_str(&format!(" sharding={}", s.describe()));
                             }
                             if leaf.kind == LeafKind::Scalar {
-                                line.push_str(" scalar");
+                                if let PyTree::Scalar(s) = pytree.load_leaf_at(&leaf.keypath).await? {
+                                    line.push_str(&format!(" scalar = {}", scalar_json(s.value())));
+                                }
+                            }
+                        }
+                        _ if leaf.kind == LeafKind::String => {
+                            if let PyTree::String(s) = pytree.load_leaf_at(&leaf.keypath).await? {
+                                line.push_str(&format!(" string = {}", serde_json::Value::from(s)));
                             }
                         }
                         _ => line.push_str(&format!(" {}", leaf.kind.name())),
