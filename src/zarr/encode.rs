@@ -183,11 +183,7 @@ impl ArrayMetadata {
             ArrayToBytes::Sharding(s) => {
                 let index_len = ShardIndex::encoded_len(1, true);
                 let mut shard = if Self::compressed(&s.inner) {
-                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()) + index_len);
-                    zstd::bulk::Compressor::new(ZARR3_ZSTD_LEVEL)
-                        .and_then(|mut c| c.compress_to_buffer(chunk, &mut out))
-                        .expect("a buffer of compress_bound bytes holds any frame");
-                    out
+                    compress(chunk, ZARR3_ZSTD_LEVEL, index_len)
                 } else {
                     let mut out = Vec::with_capacity(chunk.len() + index_len);
                     out.extend_from_slice(chunk);
@@ -202,13 +198,26 @@ impl ArrayMetadata {
             }
             ArrayToBytes::Bytes { .. } => {
                 if Self::compressed(&self.codecs) {
-                    zstd::bulk::compress(chunk, ZARR2_ZSTD_LEVEL).expect("zstd compresses in memory")
+                    compress(chunk, ZARR2_ZSTD_LEVEL, 0)
                 } else {
                     chunk.to_vec()
                 }
             }
         }
     }
+}
+
+/// One zstd frame of `data` (with its content size), in a buffer with
+/// `spare` more bytes of capacity for what the caller appends. The buffer
+/// comes from [`crate::buffer::zeroed`], so large ones use huge pages.
+fn compress(data: &[u8], level: i32, spare: usize) -> Vec<u8> {
+    let bound = zstd::zstd_safe::compress_bound(data.len()) + spare;
+    let mut out = crate::buffer::zeroed(bound).unwrap_or_else(|| panic!("cannot allocate {bound} bytes"));
+    let n = zstd::bulk::Compressor::new(level)
+        .and_then(|mut c| c.compress_to_buffer(data, &mut out[..]))
+        .expect("a buffer of compress_bound bytes holds any frame");
+    out.truncate(n);
+    out
 }
 
 #[cfg(test)]
