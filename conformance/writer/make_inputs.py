@@ -34,16 +34,7 @@ def context(opts):
 
 
 def save(path, tree, opts):
-  saving = ocp.options.ArrayOptions.Saving
-  kwargs = {}
-  if opts["storage_dtype"]:
-    kwargs["dtype"] = cases_lib.dtype(opts["storage_dtype"])
-  if opts["chunk_byte_size"]:
-    kwargs["chunk_byte_size"] = opts["chunk_byte_size"]
-  context = ocp.Context(array_options=ocp.options.ArrayOptions(saving=saving(
-      use_ocdbt=opts["use_ocdbt"], use_zarr3=opts["use_zarr3"], use_compression=opts["use_compression"],
-      storage_options=saving.StorageOptions(**kwargs))))
-  with context:
+  with context(opts):
     ocp.save_pytree(path, tree)
 
 
