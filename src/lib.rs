@@ -8,9 +8,26 @@
 //! * [`storage`]: bytes by key (local disk, memory; cloud stores in sibling crates).
 //! * [`ocdbt`]: TensorStore's OCDBT key-value database on top of storage.
 //! * [`zarr`]: zarr v3 / v2 arrays on top of a key-value store.
-//! * [`metadata`]: Orbax's JSON (and legacy msgpack) metadata files and directory layout.
-//! * the PyTree API ([`pytree_metadata`], [`load_pytree`], [`checkpointables_metadata`],
-//!   [`load_checkpointables`], and [`blocking`] for callers without an async runtime).
+//! * [`metadata`]: Orbax's JSON (and legacy msgpack) metadata files; [`layout`]:
+//!   which directories are checkpoints, items and steps.
+//! * the PyTree API: reading ([`pytree_metadata`], [`load_pytree`],
+//!   [`checkpointables_metadata`], [`load_checkpointables`]), writing
+//!   ([`save_pytree`], [`save_checkpointables`]) and [`blocking`] for callers
+//!   without an async runtime.
+//! * around it: [`inspect`] (the CLI protocol document), [`export`] /
+//!   [`import`] (safetensors, npz), [`verify`], [`cast`] and [`chunking`]
+//!   (numpy casting and Orbax's chunk-shape rule).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use orbax::storage::{LocalFileSystem, Storage};
+//! use orbax::{blocking, LoadOptions, SaveOptions};
+//!
+//! let store: Arc<dyn Storage> = Arc::new(LocalFileSystem::new("/ckpts"));
+//! let tree = blocking::load_pytree(&store, "run1/1000", &LoadOptions::default())?;
+//! blocking::block_on(orbax::save_pytree(&store, "copy", &tree, &SaveOptions::default()))?;
+//! # Ok::<(), orbax::Error>(())
+//! ```
 //!
 //! The on-disk format is specified in `format-spec/` at the repository root.
 #![deny(missing_docs)]
