@@ -60,13 +60,31 @@ fn killed_saves_leave_nothing_or_a_complete_checkpoint() {
     save("source", &new_tree);
     save("old", &old_tree);
 
-    let start = Instant::now();
-    assert!(convert(&dir.path().join("source"), &dir.path().join("timing"), false).status().unwrap().success());
-    let full = start.elapsed();
-
+    // How long an uninterrupted save takes, fresh and overwriting (the
+    // slowest of two runs each), so kill points span each save and beyond.
+    let time = |overwrite: bool| {
+        (0..2)
+            .map(|k| {
+                let name = format!("timing_{overwrite}_{k}");
+                if overwrite {
+                    save(&name, &old_tree);
+                }
+                let start = Instant::now();
+                assert!(convert(&dir.path().join("source"), &dir.path().join(&name), overwrite)
+                    .status()
+                    .unwrap()
+                    .success());
+                start.elapsed()
+            })
+            .max()
+            .unwrap()
+    };
+    let fresh_full = time(false);
+    let overwrite_full = time(true);
     let (mut absent, mut complete, mut old_seen, mut new_seen) = (0, 0, 0, 0);
     for i in 0..KILL_POINTS {
-        let delay = full.mul_f64(1.3 * f64::from(i) / f64::from(KILL_POINTS));
+        let fraction = 2.0 * f64::from(i) / f64::from(KILL_POINTS);
+        let delay = fresh_full.mul_f64(fraction);
 
         // A fresh save killed part-way.
         let fresh = format!("fresh{i}");
@@ -85,6 +103,7 @@ fn killed_saves_leave_nothing_or_a_complete_checkpoint() {
         // An overwriting save killed part-way: the old or the new tree, never neither.
         let target = format!("overwrite{i}");
         save(&target, &old_tree);
+        let delay = overwrite_full.mul_f64(fraction);
         let mut child = convert(&dir.path().join("source"), &dir.path().join(&target), true).spawn().unwrap();
         std::thread::sleep(delay);
         let _ = child.kill();
@@ -105,9 +124,10 @@ fn killed_saves_leave_nothing_or_a_complete_checkpoint() {
         }
     }
     eprintln!(
-        "full save {full:?}; fresh: {absent} interrupted, {complete} complete; overwrite: {old_seen} old, {new_seen} new"
+        "full saves: fresh {fresh_full:?}, overwrite {overwrite_full:?}; fresh: {absent} interrupted, {complete} \
+         complete; overwrite: {old_seen} old, {new_seen} new"
     );
     assert!(absent > 0 && complete > 0, "kill points must fall both inside and after the save");
     assert!(old_seen > 0 && new_seen > 0, "kill points must fall both inside and after the overwrite");
-    assert!(full > Duration::from_millis(1));
+    assert!(fresh_full > Duration::from_millis(1));
 }
