@@ -53,15 +53,45 @@ fn as_wrapping_i64(v: ScalarValue) -> i64 {
     }
 }
 
+/// Every code of a small float type with its value, and the facts about
+/// its largest finite value that rounding needs; built once per type.
+struct CodeTable {
+    codes: Vec<(u8, f64)>,
+    max_code: u8,
+    max: f64,
+    half_ulp: f64,
+}
+
+fn code_table(dtype: DType) -> &'static CodeTable {
+    static TABLES: std::sync::OnceLock<Vec<(DType, CodeTable)>> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        DType::ALL
+            .iter()
+            .filter(|d| d.size() == 1 && matches!(d.scalar(&[0]), ScalarValue::Float(_)))
+            .map(|&d| {
+                let count: u16 = if d == DType::Float4E2M1FN { 16 } else { 256 };
+                let codes: Vec<(u8, f64)> = (0..count)
+                    .map(|c| match d.scalar(&[c as u8]) {
+                        ScalarValue::Float(v) => (c as u8, v),
+                        _ => unreachable!("small float types decode to floats"),
+                    })
+                    .collect();
+                let finite = || codes.iter().filter(|(_, v)| v.is_finite());
+                let (max_code, max) =
+                    finite().fold((0u8, f64::MIN), |acc, &(c, v)| if v > acc.1 { (c, v) } else { acc });
+                let below_max = finite().map(|(_, v)| *v).filter(|v| *v < max).fold(f64::MIN, f64::max);
+                let table = CodeTable { max_code, max, half_ulp: (max - below_max) / 2.0, codes };
+                (d, table)
+            })
+            .collect()
+    });
+    &tables.iter().find(|(d, _)| *d == dtype).expect("a small float type").1
+}
+
 /// Round-to-nearest-even encoding of `x` into a small float type.
 fn encode_minifloat(dtype: DType, x: f64) -> u8 {
-    let count: u16 = if dtype == DType::Float4E2M1FN { 16 } else { 256 };
-    let codes: Vec<(u8, f64)> = (0..count)
-        .map(|c| match dtype.scalar(&[c as u8]) {
-            ScalarValue::Float(v) => (c as u8, v),
-            _ => unreachable!("small float types decode to floats"),
-        })
-        .collect();
+    let CodeTable { codes, max_code, max, half_ulp } = code_table(dtype);
+    let (max_code, max, half_ulp) = (*max_code, *max, *half_ulp);
     // The NaN code with the input's sign bit if there is one (e4m3fn has
     // 0x7f and 0xff), otherwise the only one (0x80 of the fnuz types).
     let nan = codes
@@ -91,9 +121,6 @@ fn encode_minifloat(dtype: DType, x: f64) -> u8 {
         return code;
     }
     let finite = || codes.iter().filter(|(_, v)| v.is_finite());
-    let (max_code, max) = finite().fold((0u8, f64::MIN), |acc, &(c, v)| if v > acc.1 { (c, v) } else { acc });
-    let below_max = finite().map(|(_, v)| *v).filter(|v| *v < max).fold(f64::MIN, f64::max);
-    let half_ulp = (max - below_max) / 2.0;
     let beyond = x.abs() - max;
     let overflows = x.is_infinite() || beyond > half_ulp || (beyond == half_ulp && max_code & 1 == 1);
     if overflows {
