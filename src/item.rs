@@ -1,6 +1,7 @@
 //! Reading one PyTree item: its metadata files, its key-value store (OCDBT
 //! or plain directory) and each leaf.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -144,6 +145,8 @@ struct LeafPlan {
 pub struct PyTreeItem {
     path: String,
     leaves: Vec<LeafPlan>,
+    /// Position in `leaves` of each key path.
+    by_keypath: HashMap<KeyPath, usize>,
     kv: Option<Arc<dyn KvSource>>,
     strings: Option<StringsFile>,
     shardings: Option<ShardingFile>,
@@ -213,7 +216,7 @@ impl PyTreeItem {
         let strings = strings.map(|b| StringsFile::parse(&b, &strings_key)).transpose()?;
         let shardings = shardings.map(|b| ShardingFile::parse(&b, &sharding_key)).transpose()?;
 
-        let inline_values: Vec<(KeyPath, PyTree)> = legacy
+        let inline_values: HashMap<KeyPath, PyTree> = legacy
             .as_ref()
             .map(|l| {
                 l.leaves
@@ -225,7 +228,7 @@ impl PyTreeItem {
                     .collect()
             })
             .unwrap_or_default();
-        let inline_at = |k: &KeyPath| inline_values.iter().find(|(p, _)| p == k).map(|(_, v)| v.clone());
+        let inline_at = |k: &KeyPath| inline_values.get(k).cloned();
 
         let leaves: Vec<LeafPlan> = if let Some(tree) = &tree {
             tree.entries
@@ -303,9 +306,14 @@ impl PyTreeItem {
             Some(Arc::new(DirectoryKv::new(store.clone(), path)))
         };
         let fill_missing = !tree.as_ref().is_some_and(|t| t.store_array_data_equal_to_fill_value);
+        let mut by_keypath = HashMap::with_capacity(leaves.len());
+        for (i, leaf) in leaves.iter().enumerate() {
+            by_keypath.entry(leaf.keypath.clone()).or_insert(i);
+        }
         Ok(PyTreeItem {
             path: path.to_string(),
             leaves,
+            by_keypath,
             kv,
             strings,
             shardings,
@@ -425,9 +433,9 @@ impl PyTreeItem {
     /// Loads one leaf by key path.
     pub async fn load_leaf_at(&self, keypath: &KeyPath) -> Result<PyTree> {
         let leaf = self
-            .leaves
-            .iter()
-            .find(|l| &l.keypath == keypath)
+            .by_keypath
+            .get(keypath)
+            .map(|&i| &self.leaves[i])
             .ok_or_else(|| Error::InvalidArgument(format!("{}: no leaf at {keypath}", self.path)))?;
         self.load_leaf(leaf).await.map_err(|e| e.at_leaf(keypath))
     }
