@@ -128,12 +128,13 @@ pub async fn locate_checkpoint(
             Some(i) => path[..i].to_string(),
             None => String::new(),
         };
-        let parent_is_checkpoint = !listing.has_any(CHECKPOINT_MARKERS)
-            && !path.is_empty()
-            && Listing::of(store.as_ref(), &parent).await?.has_any(CHECKPOINT_MARKERS);
-        let name = parent_is_checkpoint.then(|| key_basename(&path).to_string());
-        let committed = has_commit_file
-            || (parent_is_checkpoint && store.head(&join_key(&parent, "commit_success.txt")).await.is_ok());
+        let parent_listing = if listing.has_any(CHECKPOINT_MARKERS) || path.is_empty() {
+            None
+        } else {
+            Some(Listing::of(store.as_ref(), &parent).await?).filter(|l| l.has_any(CHECKPOINT_MARKERS))
+        };
+        let name = parent_listing.as_ref().map(|_| key_basename(&path).to_string());
+        let committed = has_commit_file || parent_listing.is_some_and(|l| l.has("commit_success.txt"));
         require_commit_file(store.as_ref(), &path, committed, options)?;
         let items = vec![ItemLocation { name, path: path.clone(), kind: ItemKind::PyTree }];
         return Ok(CheckpointLocation { path, items, has_commit_file });
