@@ -215,7 +215,7 @@ pub(crate) fn decode_btree_node(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ocdbt::codec::tests::{envelope, varint};
     use crate::ErrorKind;
@@ -278,7 +278,7 @@ mod tests {
     }
 
     /// The body of the interior example of `format-spec/02-ocdbt.md` §7.5.
-    fn interior_body() -> Vec<u8> {
+    pub(crate) fn interior_body() -> Vec<u8> {
         let mut b = vec![3, 1, 0x22, 0];
         b.extend(b"d/9df7d1e8a3319b4f170e5da0c0993c3f");
         b.extend([2, 1, 0x0e, 0x0d, 7, 7]);
