@@ -203,11 +203,25 @@ impl ShardIndex {
                 what: format!("shard of {} bytes is shorter than its {index_len}-byte index", shard.len()),
             });
         }
-        let (index, data_start, data_end) = if sharding.index_at_end {
-            (&shard[shard.len() - index_len..], 0, shard.len() - index_len)
+        let (index, data) = if sharding.index_at_end {
+            (&shard[shard.len() - index_len..], 0..(shard.len() - index_len) as u64)
         } else {
-            (&shard[..index_len], index_len, shard.len())
+            (&shard[..index_len], index_len as u64..shard.len() as u64)
         };
+        Self::parse_index(key, index, sharding, data)
+    }
+
+    /// Reads and checks the index bytes of a shard (exactly
+    /// [`ShardIndex::encoded_len`] of them) whose inner chunks must lie in
+    /// the byte range `data` of the shard.
+    pub fn parse_index(
+        key: &str,
+        index: &[u8],
+        sharding: &Sharding,
+        data: std::ops::Range<u64>,
+    ) -> Result<Self, ZarrError> {
+        let n = (index.len() - if sharding.index.crc32c { 4 } else { 0 }) / 16;
+        let (data_start, data_end) = (data.start, data.end);
         let table = if sharding.index.crc32c {
             let (table, crc) = index.split_at(16 * n);
             let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
@@ -240,7 +254,7 @@ impl ShardIndex {
                 continue;
             }
             let end = offset.checked_add(len);
-            if offset < data_start as u64 || end.is_none_or(|e| e > data_end as u64) {
+            if offset < data_start || end.is_none_or(|e| e > data_end) {
                 return Err(ZarrError::Corrupt {
                     key: key.to_string(),
                     what: format!("shard index entry {i} ({offset}, {len}) lies outside the shard's data (bytes {data_start}..{data_end})"),

@@ -278,31 +278,9 @@ impl ZarrArray {
                 }
                 let index =
                     kv.get_range(&key, len - index_len..len).await?.ok_or_else(|| corrupt("vanished".into()))?;
-                if s.index.crc32c {
-                    let stored = u32::from_le_bytes(index[16..20].try_into().expect("4 bytes"));
-                    let computed = crc32c::crc32c(&index[..16]);
-                    if stored != computed {
-                        return Err(ZarrError::Checksum {
-                            key: described,
-                            what: "shard index crc32c".into(),
-                            stored,
-                            computed,
-                        });
-                    }
-                }
-                let offset = u64::from_le_bytes(index[..8].try_into().expect("8 bytes"));
-                let nbytes = u64::from_le_bytes(index[8..16].try_into().expect("8 bytes"));
-                if offset == MISSING_INNER_CHUNK && nbytes == MISSING_INNER_CHUNK {
-                    return fill_or_fail(out);
-                }
-                match offset.checked_add(nbytes) {
-                    Some(end) if end <= len - index_len => offset..end,
-                    _ => {
-                        return Err(corrupt(format!(
-                            "shard index entry ({offset}, {nbytes}) lies outside the shard's {} data bytes",
-                            len - index_len
-                        )))
-                    }
+                match ShardIndex::parse_index(&described, &index, s, 0..len - index_len)?.entries[..] {
+                    [Some((offset, nbytes))] => offset..offset + nbytes,
+                    _ => return fill_or_fail(out),
                 }
             }
         };
