@@ -173,7 +173,9 @@ fn decode_shard(
         if !single {
             let position = unravel(n as u64, &grid);
             let origin: Vec<u64> = position.iter().zip(inner_shape).map(|(p, i)| p * i).collect();
-            copy_block(&scratch, inner_shape, out, shard_shape, &origin, inner_shape, item_size);
+            let zero = vec![0; inner_shape.len()];
+            let from = Region { shape: inner_shape, origin: &zero };
+            copy_block(&scratch, from, out, Region { shape: shard_shape, origin: &origin }, inner_shape, item_size);
         }
     }
     Ok(())
@@ -287,17 +289,19 @@ pub fn unravel(mut n: u64, grid: &[u64]) -> Vec<u64> {
     position
 }
 
-/// Copies the block `extent` of `src` (C order, shape `src_shape`, starting at
-/// its origin) into `dst` (shape `dst_shape`) at `dst_origin`.
-pub fn copy_block(
-    src: &[u8],
-    src_shape: &[u64],
-    dst: &mut [u8],
-    dst_shape: &[u64],
-    dst_origin: &[u64],
-    extent: &[u64],
-    item_size: usize,
-) {
+/// Where a block sits inside a C-order array: the array's shape and the
+/// block's first element.
+#[derive(Debug, Clone, Copy)]
+pub struct Region<'a> {
+    /// Shape of the whole array.
+    pub shape: &'a [u64],
+    /// Coordinates of the block's first element.
+    pub origin: &'a [u64],
+}
+
+/// Copies a block of `extent` elements from `src` (at `from`) into `dst` (at
+/// `to`), both C-order arrays of `item_size`-byte elements.
+pub fn copy_block(src: &[u8], from: Region, dst: &mut [u8], to: Region, extent: &[u64], item_size: usize) {
     let rank = extent.len();
     if rank == 0 {
         dst[..item_size].copy_from_slice(&src[..item_size]);
@@ -313,14 +317,15 @@ pub fn copy_block(
         }
         s
     };
-    let (src_strides, dst_strides) = (strides(src_shape), strides(dst_shape));
+    let (src_strides, dst_strides) = (strides(from.shape), strides(to.shape));
     let row = (extent[rank - 1] as usize) * item_size;
     let outer: Vec<u64> = extent[..rank - 1].to_vec();
     let rows = outer.iter().product::<u64>();
-    let dst_base: u64 = dst_origin.iter().zip(&dst_strides).map(|(o, s)| o * s).sum();
+    let base = |origin: &[u64], strides: &[u64]| -> u64 { origin.iter().zip(strides).map(|(o, s)| o * s).sum() };
+    let (src_base, dst_base) = (base(from.origin, &src_strides), base(to.origin, &dst_strides));
     for r in 0..rows {
         let position = unravel(r, &outer);
-        let src_off: u64 = position.iter().zip(&src_strides).map(|(p, s)| p * s).sum();
+        let src_off: u64 = src_base + position.iter().zip(&src_strides).map(|(p, s)| p * s).sum::<u64>();
         let dst_off: u64 = dst_base + position.iter().zip(&dst_strides).map(|(p, s)| p * s).sum::<u64>();
         dst[dst_off as usize..dst_off as usize + row].copy_from_slice(&src[src_off as usize..src_off as usize + row]);
     }
@@ -396,7 +401,8 @@ mod tests {
     fn copy_block_places_edge_chunk() {
         let src = [1u8, 2, 3, 4];
         let mut dst = [0u8; 9];
-        copy_block(&src, &[2, 2], &mut dst, &[3, 3], &[2, 2], &[1, 1], 1);
+        let from = Region { shape: &[2, 2], origin: &[0, 0] };
+        copy_block(&src, from, &mut dst, Region { shape: &[3, 3], origin: &[2, 2] }, &[1, 1], 1);
         assert_eq!(dst, [0, 0, 0, 0, 0, 0, 0, 0, 1]);
     }
 }

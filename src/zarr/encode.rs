@@ -1,7 +1,7 @@
 //! Writing arrays exactly as TensorStore does for Orbax: `zarr.json` /
 //! `.zarray` text and encoded chunks.
 
-use super::codec::{fill_with, ShardIndex};
+use super::codec::{copy_block, fill_with, Region, ShardIndex};
 use super::metadata::{
     ArrayMetadata, ArrayToBytes, BytesCodec, ChunkKeyEncoding, CodecChain, ShardIndexCodecs, Sharding,
 };
@@ -132,38 +132,18 @@ impl ArrayMetadata {
     /// form), padding past the array's edge with the fill value.
     pub fn extract_chunk<'d>(&self, data: &'d [u8], index: &[u64]) -> std::borrow::Cow<'d, [u8]> {
         let item = self.dtype.size();
-        let chunk_elements = num_elements(&self.chunk_shape).expect("valid chunk shape") as usize;
-        let origin: Vec<u64> = index.iter().zip(&self.chunk_shape).map(|(i, c)| i * c).collect();
-        let extent: Vec<u64> =
-            origin.iter().zip(&self.chunk_shape).zip(&self.shape).map(|((o, c), s)| (*c).min(s - o)).collect();
+        let (origin, extent) = self.chunk_region(index);
         if extent == self.chunk_shape && self.chunk_shape == self.shape {
             return std::borrow::Cow::Borrowed(data);
         }
+        let chunk_elements = num_elements(&self.chunk_shape).expect("valid chunk shape") as usize;
         let mut out = vec![0u8; chunk_elements * item];
         if extent != self.chunk_shape {
             fill_with(&mut out, &self.fill_value);
         }
-        // Copy row by row from the array into the chunk: the array is the
-        // source block at `origin`.
-        let rank = self.shape.len();
-        let rows: u64 = extent[..rank.saturating_sub(1)].iter().product();
-        let row_len = extent.last().copied().unwrap_or(1) as usize * item;
-        let strides = |shape: &[u64]| {
-            let mut s = vec![item as u64; shape.len()];
-            for d in (0..shape.len().saturating_sub(1)).rev() {
-                s[d] = s[d + 1] * shape[d + 1];
-            }
-            s
-        };
-        let (array_strides, chunk_strides) = (strides(&self.shape), strides(&self.chunk_shape));
-        let outer = &extent[..rank.saturating_sub(1)];
-        for r in 0..rows {
-            let position = super::codec::unravel(r, outer);
-            let src: u64 = origin.iter().zip(&array_strides).map(|(o, s)| o * s).sum::<u64>()
-                + position.iter().zip(&array_strides).map(|(p, s)| p * s).sum::<u64>();
-            let dst: u64 = position.iter().zip(&chunk_strides).map(|(p, s)| p * s).sum();
-            out[dst as usize..dst as usize + row_len].copy_from_slice(&data[src as usize..src as usize + row_len]);
-        }
+        let zero = vec![0; self.shape.len()];
+        let from = Region { shape: &self.shape, origin: &origin };
+        copy_block(data, from, &mut out, Region { shape: &self.chunk_shape, origin: &zero }, &extent, item);
         std::borrow::Cow::Owned(out)
     }
 

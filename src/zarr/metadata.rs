@@ -112,6 +112,14 @@ impl ArrayMetadata {
         self.shape.iter().zip(&self.chunk_shape).map(|(s, c)| s.div_ceil(*c)).collect()
     }
 
+    /// The first element of chunk `index` and the extent of the chunk that
+    /// lies inside the array (smaller than the chunk shape at the edges).
+    pub fn chunk_region(&self, index: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        let origin: Vec<u64> = index.iter().zip(&self.chunk_shape).map(|(i, c)| i * c).collect();
+        let extent = origin.iter().zip(&self.chunk_shape).zip(&self.shape).map(|((o, c), s)| (*c).min(s - o)).collect();
+        (origin, extent)
+    }
+
     /// The inner chunk shape (the chunk shape when not sharded).
     pub fn read_chunk_shape(&self) -> &[u64] {
         match &self.codecs.array_to_bytes {

@@ -20,7 +20,7 @@ use crate::kvstore::{KvError, KvSource};
 use crate::pytree::{num_elements, Array};
 use crate::ErrorKind;
 
-pub use codec::{copy_block, fill_with, unravel, zstd_decompress, ShardIndex, MISSING_INNER_CHUNK};
+pub use codec::{copy_block, fill_with, unravel, zstd_decompress, Region, ShardIndex, MISSING_INNER_CHUNK};
 pub use encode::{ZARR2_ZSTD_LEVEL, ZARR3_ZSTD_LEVEL};
 pub use metadata::{
     parse_v2_dtype, ArrayMetadata, ArrayToBytes, BytesCodec, ChunkKeyEncoding, CodecChain, ShardIndexCodecs, Sharding,
@@ -350,11 +350,11 @@ impl ZarrArray {
                 Ok(buf)
             })
             .collect::<Result<_, ZarrError>>()?;
+        let zero = vec![0; m.shape.len()];
         for (index, buf) in indices.iter().zip(&decoded) {
-            let origin: Vec<u64> = index.iter().zip(&m.chunk_shape).map(|(i, c)| i * c).collect();
-            let extent: Vec<u64> =
-                origin.iter().zip(&m.chunk_shape).zip(&m.shape).map(|((o, c), s)| (*c).min(s - o)).collect();
-            copy_block(buf, &m.chunk_shape, &mut out, &m.shape, &origin, &extent, item);
+            let (origin, extent) = m.chunk_region(index);
+            let from = Region { shape: &m.chunk_shape, origin: &zero };
+            copy_block(buf, from, &mut out, Region { shape: &m.shape, origin: &origin }, &extent, item);
         }
         Ok(out)
     }
