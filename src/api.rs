@@ -121,6 +121,14 @@ impl Checkpoint {
         self.metadata.as_ref()
     }
 
+    /// The item called `name`, or with `None` every item.
+    pub fn select_items(&self, name: Option<&str>) -> Result<Vec<&ItemLocation>> {
+        match name {
+            Some(name) => Ok(vec![self.item(Some(name))?]),
+            None => Ok(self.items().iter().collect()),
+        }
+    }
+
     /// The item called `name`, or with `None` the default PyTree item.
     pub fn item(&self, name: Option<&str>) -> Result<&ItemLocation> {
         let items = &self.location.items;

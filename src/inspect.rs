@@ -126,10 +126,7 @@ pub fn json_item_leaves(value: &Value) -> Vec<Value> {
 /// Builds the `inspect --json` document for `checkpoint`, for every item or
 /// only `item`.
 pub async fn inspect_document(checkpoint: &Checkpoint, item: Option<&str>) -> Result<Value> {
-    let selected: Vec<_> = match item {
-        Some(name) => vec![checkpoint.item(Some(name))?.clone()],
-        None => checkpoint.items().to_vec(),
-    };
+    let selected = checkpoint.select_items(item)?;
     let mut items = Vec::new();
     for location in &selected {
         let (kind, leaves) = match &location.kind {

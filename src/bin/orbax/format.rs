@@ -78,10 +78,7 @@ pub fn steps_table(steps: &[StepInfo]) -> String {
 /// The human tree view of `orbax inspect`.
 pub async fn tree_view(checkpoint: &Checkpoint, item: Option<&str>) -> Result<String, Error> {
     let mut out = format!("checkpoint {}\n", checkpoint.path());
-    let items: Vec<_> = match item {
-        Some(name) => vec![checkpoint.item(Some(name))?.clone()],
-        None => checkpoint.items().to_vec(),
-    };
+    let items = checkpoint.select_items(item)?;
     for location in items {
         let name = location.name.clone().unwrap_or_else(|| "<unnamed item>".into());
         match location.kind {
