@@ -25,6 +25,9 @@ pub enum ExportError {
     /// Two leaves map to the same tensor name.
     #[error("two leaves are both named {0:?} once their keys are joined with '.'")]
     NameCollision(String),
+    /// A leaf holds only some shards of its array.
+    #[error("leaf {0:?} is a sharded array; assemble it (`ShardedArray::assemble`) before exporting")]
+    Sharded(String),
     /// Writing failed.
     #[error("{0}")]
     Write(String),
@@ -101,6 +104,9 @@ fn named_leaves(tree: &PyTree) -> Result<Vec<(String, &PyTree)>, ExportError> {
     let mut seen = HashMap::new();
     let mut out = Vec::new();
     for (path, leaf) in tree.leaves() {
+        if let PyTree::Sharded(_) = leaf {
+            return Err(ExportError::Sharded(path.param_name()));
+        }
         if !matches!(leaf, PyTree::Array(_) | PyTree::Scalar(_) | PyTree::String(_)) {
             continue;
         }

@@ -179,7 +179,7 @@ fn kind_of(value_type: &ValueType) -> LeafKind {
 
 fn inline_kind(tree: &PyTree) -> LeafKind {
     match tree {
-        PyTree::Array(_) => LeafKind::Array,
+        PyTree::Array(_) | PyTree::Sharded(_) => LeafKind::Array,
         PyTree::Scalar(_) => LeafKind::Scalar,
         PyTree::String(_) => LeafKind::String,
         PyTree::Dict(_) | PyTree::Attrs(_) => LeafKind::EmptyDict,

@@ -52,6 +52,7 @@ pub mod pyjson;
 mod python_repr;
 mod pytree;
 mod save;
+pub mod sharded;
 pub mod storage;
 pub mod verify;
 pub mod zarr;

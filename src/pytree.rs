@@ -8,6 +8,7 @@
 use std::fmt;
 
 use crate::dtype::{DType, ScalarValue};
+use crate::sharded::ShardedArray;
 
 /// An n-dimensional array: dtype, shape and little-endian C-order bytes.
 #[derive(Clone, PartialEq)]
@@ -148,6 +149,9 @@ pub enum PyTree {
     Array(Array),
     /// A scalar leaf.
     Scalar(Scalar),
+    /// An array leaf of which this process holds only some shards (a
+    /// multi-device `jax.Array`).
+    Sharded(ShardedArray),
     /// A string leaf.
     String(String),
 }
@@ -277,6 +281,7 @@ impl PyTree {
             PyTree::Tuple(_) => "tuple",
             PyTree::None => "none",
             PyTree::Array(_) => "array",
+            PyTree::Sharded(_) => "sharded_array",
             PyTree::Scalar(_) => "scalar",
             PyTree::String(_) => "string",
         }

@@ -236,3 +236,34 @@ fn stores_without_rename_commit_with_the_marker_written_last() {
     save(&store, "ckpt", &two, &SaveOptions { overwrite: true, ..Default::default() }).unwrap();
     assert_eq!(blocking::load_pytree(&store, "ckpt", &LoadOptions::default()).unwrap(), two);
 }
+
+#[test]
+fn sharded_leaves_are_saved_whole_with_their_sharding() {
+    use orbax::metadata::{PartitionSpecEntry, Sharding};
+    use orbax::sharded::{device_regions, ShardedArray};
+    let whole = Array::new(DType::Int32, vec![8, 2], (0..16i32).flat_map(|v| v.to_le_bytes()).collect()).unwrap();
+    let sharding = Sharding::Named {
+        mesh_shape: vec![4],
+        axis_names: vec!["x".into()],
+        axis_types: None,
+        partition_spec: vec![PartitionSpecEntry::Axis("x".into())],
+        device_ids: vec![0, 1, 2, 3],
+        memory_kind: None,
+    };
+    let regions = device_regions(&sharding, whole.shape()).unwrap();
+    let sharded = ShardedArray::from_array(&whole, Some(sharding.clone()), &regions).unwrap();
+    let store = memory();
+    let tree = PyTree::Dict(vec![("w".into(), PyTree::Sharded(sharded.clone()))]);
+    save(&store, "ckpt", &tree, &SaveOptions::default()).unwrap();
+    let back = blocking::load_pytree(&store, "ckpt", &LoadOptions::default()).unwrap();
+    assert_eq!(back, PyTree::Dict(vec![("w".into(), PyTree::Array(whole.clone()))]));
+    let meta = blocking::pytree_metadata(&store, "ckpt", &LoadOptions::default()).unwrap();
+    assert_eq!(meta.leaves[0].sharding.as_ref(), Some(&sharding));
+
+    // Shards that do not cover the array cannot be saved by one process.
+    let partial = ShardedArray::from_array(&whole, Some(sharding), &regions[..2]).unwrap();
+    let err =
+        save(&store, "ckpt2", &PyTree::Dict(vec![("w".into(), PyTree::Sharded(partial))]), &SaveOptions::default())
+            .unwrap_err();
+    assert!(err.to_string().contains("cover 8 of the 16"), "{err}");
+}

@@ -52,7 +52,7 @@ impl ArraySink {
 /// them (arrays with a sharding are `jax.Array`, handled by the caller).
 fn value_type(leaf: &PyTree) -> (&'static str, bool) {
     match leaf {
-        PyTree::Array(_) => ("np.ndarray", false),
+        PyTree::Array(_) | PyTree::Sharded(_) => ("np.ndarray", false),
         PyTree::Scalar(_) => ("scalar", false),
         PyTree::String(_) => ("string", false),
         PyTree::None => ("None", true),
@@ -101,6 +101,7 @@ fn plan_array<'a>(
 ) -> Result<PlannedArray<'a>> {
     let array: Cow<'a, Array> = match leaf {
         PyTree::Array(a) => Cow::Borrowed(a),
+        PyTree::Sharded(s) => Cow::Owned(s.assemble().map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))?),
         PyTree::Scalar(s) => {
             Cow::Owned(Array::new(s.dtype(), vec![], s.bytes().to_vec()).map_err(Error::InvalidArgument)?)
         }
@@ -228,11 +229,17 @@ pub(super) async fn write(
                 "leaves {other} and {path} would both be stored as {name:?} (Orbax joins keys with '.')"
             )));
         }
-        if !options.use_ocdbt && matches!(leaf, PyTree::Array(_) | PyTree::Scalar(_)) {
+        if !options.use_ocdbt && matches!(leaf, PyTree::Array(_) | PyTree::Sharded(_) | PyTree::Scalar(_)) {
             validate_key(&join_key(dir, &name))?;
         }
         let sharding = match (leaf, &options.sharding_for) {
             (PyTree::Array(_), Some(f)) => f(item, path),
+            (PyTree::Sharded(s), f) => f.as_ref().and_then(|f| f(item, path)).or_else(|| {
+                s.sharding().map(|sharding| ArraySharding {
+                    sharding: sharding.clone(),
+                    write_shape: sharding.shard_shape(s.global_shape()),
+                })
+            }),
             _ => None,
         };
         let (value_type, skip) = value_type(leaf);
@@ -245,7 +252,9 @@ pub(super) async fn write(
             json!({"key_metadata": key_metadata(path), "value_metadata": value_metadata}),
         );
         match leaf {
-            PyTree::Array(_) | PyTree::Scalar(_) => arrays.push(plan_array(path, leaf, sharding, options)?),
+            PyTree::Array(_) | PyTree::Sharded(_) | PyTree::Scalar(_) => {
+                arrays.push(plan_array(path, leaf, sharding, options)?)
+            }
             PyTree::String(s) => {
                 strings.insert(name, s.clone());
             }

@@ -142,6 +142,7 @@ fn not_a_tensor(leaf: &PyTree) -> Error {
 /// `cat --npy`.
 pub fn leaf_npy(leaf: &PyTree) -> Result<Vec<u8>, Error> {
     match leaf {
+        PyTree::Sharded(s) => leaf_npy(&PyTree::Array(s.assemble().map_err(Error::InvalidArgument)?)),
         PyTree::Array(a) => Ok(npy::encode(a.dtype(), a.shape(), a.data())),
         PyTree::Scalar(s) => Ok(npy::encode(s.dtype(), &[], s.bytes())),
         other => Err(not_a_tensor(other)),
@@ -151,6 +152,7 @@ pub fn leaf_npy(leaf: &PyTree) -> Result<Vec<u8>, Error> {
 /// `cat --raw`.
 pub fn leaf_raw(leaf: &PyTree) -> Result<Vec<u8>, Error> {
     match leaf {
+        PyTree::Sharded(s) => Ok(s.assemble().map_err(Error::InvalidArgument)?.into_data()),
         PyTree::Array(a) => Ok(a.data().to_vec()),
         PyTree::Scalar(s) => Ok(s.bytes().to_vec()),
         PyTree::String(s) => Ok(s.as_bytes().to_vec()),
@@ -161,6 +163,10 @@ pub fn leaf_raw(leaf: &PyTree) -> Result<Vec<u8>, Error> {
 /// `cat --json`: scalars and strings as values, arrays as nested lists.
 pub fn leaf_json(leaf: &PyTree) -> Value {
     match leaf {
+        PyTree::Sharded(s) => match s.assemble() {
+            Ok(a) => leaf_json(&PyTree::Array(a)),
+            Err(e) => json!({ "kind": leaf.kind_name(), "error": e }),
+        },
         PyTree::Scalar(s) => scalar_json(s.value()),
         PyTree::String(s) => json!(s),
         PyTree::Array(a) => {
