@@ -35,6 +35,7 @@ mod sharding;
 mod strings;
 mod tree;
 mod tree_build;
+mod tree_typed;
 
 pub use array_metadatas::{ArrayMetadataEntry, ArrayMetadatas};
 pub use checkpoint::{CheckpointMetadata, ItemHandlers};

@@ -132,6 +132,11 @@ impl TreeMetadata {
     /// assert_eq!(tree.entries[0].value_type, ValueType::NdArray);
     /// ```
     pub fn parse(bytes: &[u8], file: &str) -> Result<TreeMetadata, MetadataError> {
+        // Well-formed files take the typed path; anything unusual (and every
+        // error) goes through the general parser, which owns the messages.
+        if let Some(tree) = super::tree_typed::parse(bytes) {
+            return Ok(tree);
+        }
         let top = json::parse_object(bytes, file)?;
         let tree = match top.get("tree_metadata") {
             Some(Value::Object(tree)) => tree,
@@ -215,7 +220,7 @@ fn write_shape(value: &Map<String, Value>, ctx: &str, file: &str) -> Result<Opti
     }
 }
 
-fn check_levels(n: usize, ctx: &str, file: &str) -> Result<(), MetadataError> {
+pub(super) fn check_levels(n: usize, ctx: &str, file: &str) -> Result<(), MetadataError> {
     if n > MAX_KEY_LEVELS {
         return Err(MetadataError::limit(
             file,
@@ -235,7 +240,19 @@ fn parse_level(level: &Value, num_leaves: usize) -> Result<(KeyEntry, String), S
         None => return Err("key_metadata level has no key".into()),
     };
     match level.get("key_type") {
-        Some(t) if t.as_u64() == Some(1) => {
+        Some(t) => match t.as_u64() {
+            Some(key_type) => key_level(key, key_type, num_leaves),
+            None => Err(format!("key_type {t} is not 1 (sequence) or 2 (dict)")),
+        },
+        None => Err(format!("key {key:?} has no key_type")),
+    }
+}
+
+/// The key-path entry of one level: `key_type` 1 is a sequence index
+/// (canonical decimal, below the number of leaves), 2 a dict key.
+pub(super) fn key_level(key: String, key_type: u64, num_leaves: usize) -> Result<(KeyEntry, String), String> {
+    match key_type {
+        1 => {
             let canonical =
                 !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) && (key == "0" || !key.starts_with('0'));
             match key.parse::<usize>() {
@@ -246,9 +263,8 @@ fn parse_level(level: &Value, num_leaves: usize) -> Result<(KeyEntry, String), S
                 _ => Err(format!("sequence key {key:?} is not a decimal index")),
             }
         }
-        Some(t) if t.as_u64() == Some(2) => Ok((KeyEntry::Key(key.clone()), key)),
-        Some(t) => Err(format!("key_type {t} is not 1 (sequence) or 2 (dict)")),
-        None => Err(format!("key {key:?} has no key_type")),
+        2 => Ok((KeyEntry::Key(key.clone()), key)),
+        t => Err(format!("key_type {t} is not 1 (sequence) or 2 (dict)")),
     }
 }
 
