@@ -33,12 +33,10 @@
 #![deny(missing_docs)]
 
 mod api;
-mod buffer;
 pub mod cast;
 pub mod chunking;
 mod dtype;
 mod error;
-mod error_kind;
 pub mod export;
 pub mod import;
 pub mod inspect;
@@ -56,13 +54,15 @@ pub mod storage;
 pub mod verify;
 pub mod zarr;
 
+use orbax_storage::buffer;
+
 pub use api::{
     blocking, checkpointables_metadata, list_checkpoints, load_checkpointables, load_pytree, pytree_metadata,
     Checkpoint, Checkpointable, CheckpointableMetadata, CheckpointablesMetadata, LoadOptions, StepInfo,
 };
 pub use dtype::{DType, ScalarValue};
 pub use error::{Error, Result};
-pub use error_kind::ErrorKind;
+pub use orbax_storage::ErrorKind;
 pub use item::{ArrayStorage, LeafInfo, LeafKind, PyTreeItem, PyTreeMetadata};
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
