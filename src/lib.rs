@@ -5,7 +5,8 @@
 //! The crate is layered; each layer is a module that only uses the ones
 //! above it in this list:
 //!
-//! * [`storage`]: bytes by key (local disk, memory; cloud stores in sibling crates).
+//! * [`storage`]: bytes by key (local disk, memory; cloud stores in sibling crates,
+//!   opened from URLs by [`location`]).
 //! * [`ocdbt`]: TensorStore's OCDBT key-value database on top of storage.
 //! * [`zarr`]: zarr v3 / v2 arrays on top of a key-value store.
 //! * [`metadata`]: Orbax's JSON (and legacy msgpack) metadata files; [`layout`]:
@@ -43,6 +44,7 @@ pub mod inspect;
 mod item;
 pub mod kvstore;
 pub mod layout;
+pub mod location;
 pub mod metadata;
 pub mod npy;
 pub mod ocdbt;

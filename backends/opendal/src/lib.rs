@@ -43,6 +43,7 @@ pub struct OpendalStorage {
     concurrency: usize,
     part_size: usize,
     bulk_delete: bool,
+    conditional_create: bool,
 }
 
 impl fmt::Debug for OpendalStorage {
@@ -55,11 +56,12 @@ impl OpendalStorage {
     /// Wraps an operator. `description` names it in errors (e.g. `gs://bucket`).
     pub fn new(op: Operator, description: impl Into<String>, options: &RemoteOptions) -> Self {
         OpendalStorage {
-            op,
             description: description.into(),
             concurrency: options.concurrency.max(1),
             part_size: options.part_size,
             bulk_delete: true,
+            conditional_create: op.info().capability().write_with_if_not_exists,
+            op,
         }
     }
 
@@ -89,6 +91,9 @@ impl OpendalStorage {
         // GCS deletes one object per request: OpenDAL's batch delete uses the
         // JSON batch endpoint, which fake-gcs-server (our test server) lacks.
         store.bulk_delete = service != Service::Gcs;
+        // OpenDAL's fs service checks for the file and then renames over it:
+        // two racing creates both succeed, so it is not a put-if-absent.
+        store.conditional_create &= service != Service::Fs;
         Ok(store)
     }
 
@@ -228,8 +233,18 @@ impl Storage for OpendalStorage {
         match self.op.read_with(key).range(range.clone()).await {
             Ok(buffer) if buffer.len() as u64 == range.end - range.start => Ok(buffer.to_bytes()),
             Ok(_) => Err(out_of_range(self.head(key).await?.size)),
-            Err(e) if e.kind() == DalKind::RangeNotSatisfied => Err(out_of_range(self.head(key).await?.size)),
-            Err(e) => Err(map_error(key, e)),
+            Err(e) if e.kind() == DalKind::NotFound => Err(map_error(key, e)),
+            Err(e) => {
+                // Servers refuse a range past the end (416) in ways OpenDAL
+                // reports differently per service; tell that apart from a
+                // failed request.
+                let size = self.head(key).await?.size;
+                if range.end > size {
+                    Err(out_of_range(size))
+                } else {
+                    Err(map_error(key, e))
+                }
+            }
         }
     }
 
@@ -249,13 +264,13 @@ impl Storage for OpendalStorage {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
         validate_key(key)?;
         let create = mode == PutMode::Create;
-        if create && !self.op.info().capability().write_with_if_not_exists {
-            return Err(StorageError::NotSupported {
-                operation: "conditional create",
-                store: format!("{self:?} (for {key})"),
-            });
+        let native = self.op.info().capability().write_with_if_not_exists;
+        // Without native support the condition is checked first (racy; the
+        // capabilities say so).
+        if create && !native && self.op.exists(key).await.map_err(|e| map_error(key, e))? {
+            return Err(StorageError::AlreadyExists { key: key.into() });
         }
-        self.op.write_with(key, data).if_not_exists(create).await.map_err(|e| map_error(key, e))?;
+        self.op.write_with(key, data).if_not_exists(create && native).await.map_err(|e| map_error(key, e))?;
         Ok(())
     }
 
@@ -323,8 +338,7 @@ impl Storage for OpendalStorage {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let conditional_create = self.op.info().capability().write_with_if_not_exists;
-        Capabilities { atomic_rename: false, conditional_create, atomic_replace: false }
+        Capabilities { atomic_rename: false, conditional_create: self.conditional_create, atomic_replace: false }
     }
 }
 
