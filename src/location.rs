@@ -234,9 +234,12 @@ fn new_store(service: Service, bucket: &str, backend: Backend, options: &Locatio
     }
 }
 
+/// The `memory://` stores of this process, by (name, backend).
+type MemoryStores = Mutex<HashMap<(String, Backend), Arc<dyn Storage>>>;
+
 /// `memory://name` stores live as long as the process, one per (name, backend).
 fn memory_store(name: &str, backend: Backend, options: &LocationOptions) -> Result<Arc<dyn Storage>> {
-    static STORES: OnceLock<Mutex<HashMap<(String, Backend), Arc<dyn Storage>>>> = OnceLock::new();
+    static STORES: OnceLock<MemoryStores> = OnceLock::new();
     let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let key = (name.to_string(), backend);
     if let Some(store) = stores.get(&key) {

@@ -81,7 +81,8 @@ impl ObjectStoreStorage {
             Service::Fs | Service::Http => bucket.to_string(),
             _ => format!("{}://{bucket}", service.scheme()),
         };
-        let fail = |source: object_store::Error| StorageError::Backend { key: description.clone(), source: source.into() };
+        let fail =
+            |source: object_store::Error| StorageError::Backend { key: description.clone(), source: source.into() };
         let client = client_options(options);
         let retry = retry_config(options);
         let (store, conditional): (Arc<dyn ObjectStore>, bool) = match service {

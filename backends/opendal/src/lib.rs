@@ -225,10 +225,15 @@ impl Storage for OpendalStorage {
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         validate_key(key)?;
-        let out_of_range = |size| StorageError::OutOfRange { key: key.into(), start: range.start, end: range.end, size };
+        let out_of_range =
+            |size| StorageError::OutOfRange { key: key.into(), start: range.start, end: range.end, size };
         if range.start >= range.end {
             let size = self.head(key).await?.size;
-            return if range.start > size || range.start > range.end { Err(out_of_range(size)) } else { Ok(Bytes::new()) };
+            return if range.start > size || range.start > range.end {
+                Err(out_of_range(size))
+            } else {
+                Ok(Bytes::new())
+            };
         }
         match self.op.read_with(key).range(range.clone()).await {
             Ok(buffer) if buffer.len() as u64 == range.end - range.start => Ok(buffer.to_bytes()),
