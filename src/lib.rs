@@ -10,7 +10,7 @@
 //! * [`ocdbt`]: TensorStore's OCDBT key-value database on top of storage.
 //! * [`zarr`]: zarr v3 / v2 arrays on top of a key-value store.
 //! * [`metadata`]: Orbax's JSON (and legacy msgpack) metadata files; [`layout`]:
-//!   which directories are checkpoints, items and steps.
+//!   which directories are checkpoints, items and steps; [`retention`]: deleting them.
 //! * the PyTree API: reading ([`pytree_metadata`], [`load_pytree`],
 //!   [`checkpointables_metadata`], [`load_checkpointables`]), writing
 //!   ([`save_pytree`], [`save_checkpointables`]) and [`blocking`] for callers
@@ -51,6 +51,7 @@ pub mod ocdbt;
 pub mod pyjson;
 mod python_repr;
 mod pytree;
+pub mod retention;
 mod save;
 pub mod storage;
 pub mod verify;

@@ -201,7 +201,8 @@ pub async fn multi_item_checkpoint(store: &Arc<dyn Storage>, prefix: &str) {
 
 /// The commit protocol of stores without atomic rename: `commit_success.txt`
 /// is written last, a step without it is unfinished and ignored, a second
-/// save of the same path fails, and of two racing savers exactly one commits.
+/// save of the same path fails, of two racing savers exactly one commits,
+/// and pruning old steps leaves unfinished ones alone.
 pub async fn commit_protocol(store: &Arc<dyn Storage>, prefix: &str, enforces_conditional_create: bool) {
     let root = key(prefix, "steps");
     let step = |n: u32| key(&root, &n.to_string());
@@ -240,7 +241,17 @@ pub async fn commit_protocol(store: &Arc<dyn Storage>, prefix: &str, enforces_co
         };
         let loaded = crate::load_pytree(store, &path, &LoadOptions::default()).await.expect("load the winner");
         assert!(&loaded == winner, "the committed step holds the winner's tree");
+        store.delete_prefix(&path).await.expect("delete_prefix");
     }
+
+    // Deleting old steps never touches the save in progress (step 2).
+    crate::save_pytree(store, &step(4), &sample_tree(4.0), &options).await.expect("save step 4");
+    let deleted = crate::retention::prune_steps(store, &root, 1).await.expect("prune");
+    assert_eq!(deleted, [1], "only the older committed step is deleted");
+    assert!(store.list(&step(1)).await.expect("list").is_empty(), "step 1 is gone");
+    let in_progress = store.list(&step(2)).await.expect("list");
+    assert!(!in_progress.is_empty(), "the unfinished step 2 is untouched");
+    crate::load_pytree(store, &step(4), &LoadOptions::default()).await.expect("step 4 survives");
     store.delete_prefix(&root).await.expect("delete_prefix");
 }
 
@@ -271,16 +282,21 @@ mod tests {
     use super::*;
     use crate::storage::{InMemory, LocalFileSystem};
 
+    fn with_fixture() -> BatteryOptions {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/fixtures/v0_12_8_v1_multi_item");
+        BatteryOptions { orbax_fixture: Some(fixture), ..BatteryOptions::default() }
+    }
+
     #[tokio::test]
     async fn in_memory_passes_the_battery() {
         let store: Arc<dyn Storage> = Arc::new(InMemory::new());
-        run_all(&store, "battery").await;
+        run_with(&store, "battery", &with_fixture()).await;
     }
 
     #[tokio::test]
     async fn local_filesystem_passes_the_battery() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Storage> = Arc::new(LocalFileSystem::new(dir.path()));
-        run_all(&store, "battery").await;
+        run_with(&store, "battery", &with_fixture()).await;
     }
 }
