@@ -54,6 +54,7 @@ pub async fn run_with(store: &Arc<dyn Storage>, prefix: &str, options: &BatteryO
     }
     streaming_writes(store, prefix, options.streamed_bytes).await;
     invalid_keys(store.as_ref()).await;
+    unusual_keys(store.as_ref(), prefix).await;
     multi_item_checkpoint(store, prefix).await;
     commit_protocol(store, prefix, options.enforces_conditional_create).await;
     if let Some(fixture) = &options.orbax_fixture {
@@ -166,6 +167,24 @@ pub async fn invalid_keys(store: &dyn Storage) {
             "{bad:?} must be rejected for writes"
         );
     }
+}
+
+/// Keys with characters object stores treat specially (spaces, `%`,
+/// brackets, `#`, non-ASCII) come back from listings exactly as written.
+pub async fn unusual_keys(store: &dyn Storage, prefix: &str) {
+    let dir = key(prefix, "odd names");
+    let names = ["a b[1]{x}.json", "100%#&=+;,.txt", "ключ/ü~!'()*@$.zarr"];
+    for name in names {
+        store.put(&key(&dir, name), Bytes::from(name.as_bytes().to_vec()), PutMode::Overwrite).await.expect(name);
+    }
+    let listed: Vec<String> = store.list(&dir).await.expect("list").into_iter().map(|o| o.key).collect();
+    let mut expected: Vec<String> = names.iter().map(|n| key(&dir, n)).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "listed keys are the keys written");
+    for k in &expected {
+        assert_eq!(store.get(k).await.expect("get"), k[dir.len() + 1..].as_bytes(), "{k}");
+    }
+    store.delete_prefix(&dir).await.expect("delete_prefix");
 }
 
 fn floats(values: &[f32]) -> PyTree {

@@ -112,9 +112,15 @@ impl ObjectStoreStorage {
         &self.store
     }
 
+    /// The key as an `object_store` path, byte for byte: `Path::from` would
+    /// percent-encode characters such as `%`, `[` or `#`, and listings would
+    /// then return keys that differ from the ones written.
     fn path(&self, key: &str) -> Result<Path> {
         validate_key(key)?;
-        Ok(Path::from(key))
+        Path::parse(key).map_err(|_| StorageError::InvalidKey {
+            key: key.to_string(),
+            reason: "empty segment or control character (object_store paths cannot hold them)",
+        })
     }
 
     fn prefix(&self, prefix: &str) -> Result<Option<Path>> {
