@@ -342,3 +342,70 @@ fn the_cli_works_on_urls() {
     orbax_cli(&["convert", &format!("{}/5", urls[0].0), copy.to_str().unwrap()], &urls[0].1);
     assert_eq!(orbax_cli(&["inspect", copy.to_str().unwrap(), "--json"], &[]), expected_inspect);
 }
+
+/// A static web server with `Range` support (Python's `http.server` has none).
+const RANGE_SERVER: &str = r#"
+import http.server, io, os, re, sys
+os.chdir(sys.argv[1])
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def send_head(self):
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if not match:
+            return super().send_head()
+        try:
+            data = open(self.translate_path(self.path), "rb").read()
+        except OSError:
+            self.send_error(404)
+            return None
+        start = int(match[1])
+        end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
+        if start >= len(data):
+            self.send_error(416)
+            return None
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        return io.BytesIO(data[start:end + 1])
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// `http(s)://` URLs are read-only object_store HTTP stores: objects, ranges
+/// and sizes on a static web server (serving the Orbax fixture) read
+/// exactly; writes fail with an error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_urls_read_objects() {
+    use std::io::BufRead;
+    let fixture = fixture();
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", RANGE_SERVER])
+        .arg(&fixture)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the web server");
+    let mut port = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let url = format!("http://127.0.0.1:{}/params", port.trim());
+    let (store, key) = orbax::location::open(&url, &LocationOptions::default()).unwrap();
+    let result = async move {
+        let local = std::fs::read(fixture.join("params/_METADATA")).unwrap();
+        let object = format!("{key}/_METADATA");
+        assert_eq!(store.get(&object).await.unwrap(), local);
+        assert_eq!(store.head(&object).await.unwrap().size, local.len() as u64);
+        assert_eq!(store.get_range(&object, 5..25).await.unwrap(), &local[5..25]);
+        let ranges = [0..3, 10..12, 40..60];
+        for (range, got) in ranges.iter().zip(store.get_ranges(&object, &ranges).await.unwrap()) {
+            assert_eq!(&got[..], &local[range.start as usize..range.end as usize]);
+        }
+        let write = store.put("params/new", "x".into(), PutMode::Overwrite).await.unwrap_err();
+        assert!(write.to_string().contains("params/new"), "{write}");
+    };
+    let outcome = tokio::spawn(result).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    outcome.unwrap();
+}

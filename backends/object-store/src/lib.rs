@@ -95,9 +95,10 @@ impl ObjectStoreStorage {
             }
             Service::Memory => (Arc::new(object_store::memory::InMemory::new()), true),
             Service::Http => {
+                // An explicit http:// URL is consent to plain HTTP.
                 let http = object_store::http::HttpBuilder::new()
                     .with_url(bucket)
-                    .with_client_options(client)
+                    .with_client_options(client.with_allow_http(options.allow_http || bucket.starts_with("http://")))
                     .with_retry(retry)
                     .build()
                     .map_err(fail)?;
