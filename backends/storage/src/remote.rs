@@ -2,7 +2,7 @@
 //! `orbax-opendal`): where a bucket is, how to authenticate, and how hard to
 //! push it (parallelism, part size, retries, timeouts).
 
-use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -44,8 +44,9 @@ impl Service {
 
 /// How to reach and drive one bucket. Fields left `None` fall back to the
 /// backend's usual environment variables and credential chain
-/// (`AWS_*`, `GOOGLE_*`, `AZURE_*`; see `docs/storage.md`).
-#[derive(Debug, Clone, PartialEq)]
+/// (`AWS_*`, `GOOGLE_*`, `AZURE_*`; see `docs/storage.md`). `Debug` masks
+/// the secrets.
+#[derive(Clone, PartialEq)]
 pub struct RemoteOptions {
     /// The service endpoint, e.g. `http://127.0.0.1:5000` for a local S3 server.
     pub endpoint: Option<String>,
@@ -99,6 +100,29 @@ impl Default for RemoteOptions {
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl fmt::Debug for RemoteOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mask = |secret: &Option<String>| secret.as_ref().map(|_| "***");
+        f.debug_struct("RemoteOptions")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &mask(&self.secret_access_key))
+            .field("session_token", &mask(&self.session_token))
+            .field("account_name", &self.account_name)
+            .field("account_key", &mask(&self.account_key))
+            .field("service_account_path", &self.service_account_path)
+            .field("allow_http", &self.allow_http)
+            .field("anonymous", &self.anonymous)
+            .field("concurrency", &self.concurrency)
+            .field("part_size", &self.part_size)
+            .field("max_retries", &self.max_retries)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
     }
 }
 
@@ -172,25 +196,6 @@ impl RemoteOptions {
         }
         Ok(self)
     }
-
-    /// The options as a sorted map, secrets masked (for logs and `Debug` of stores).
-    pub fn describe(&self) -> BTreeMap<&'static str, String> {
-        let mut out = BTreeMap::new();
-        let mut put = |k: &'static str, v: &Option<String>, secret: bool| {
-            if let Some(v) = v {
-                out.insert(k, if secret { "***".to_string() } else { v.clone() });
-            }
-        };
-        put("endpoint", &self.endpoint, false);
-        put("region", &self.region, false);
-        put("access_key_id", &self.access_key_id, false);
-        put("secret_access_key", &self.secret_access_key, true);
-        put("session_token", &self.session_token, true);
-        put("account_name", &self.account_name, false);
-        put("account_key", &self.account_key, true);
-        put("service_account_path", &self.service_account_path, false);
-        out
-    }
 }
 
 /// S3's minimum multipart part size (every part but the last).
@@ -231,6 +236,6 @@ mod tests {
         assert!(o.set("part_size", "1024").is_err(), "parts below S3's 5 MiB minimum are rejected");
         assert!(o.set("timeout", "-1").is_err());
         o.set("secret_access_key", "s3cr3t").unwrap();
-        assert_eq!(o.describe()["secret_access_key"], "***");
+        assert!(!format!("{o:?}").contains("s3cr3t"), "Debug masks secrets");
     }
 }
