@@ -116,6 +116,11 @@ impl ObjectStoreStorage {
     /// The key as an `object_store` path, byte for byte: `Path::from` would
     /// percent-encode characters such as `%`, `[` or `#`, and listings would
     /// then return keys that differ from the ones written.
+    /// `key` as errors name it: the store and the key (`s3://bucket/key`).
+    fn url(&self, key: &str) -> String {
+        format!("{}/{key}", self.description)
+    }
+
     fn path(&self, key: &str) -> Result<Path> {
         validate_key(key)?;
         Path::parse(key).map_err(|_| StorageError::InvalidKey {
@@ -260,8 +265,8 @@ fn object_meta(key: String, meta: &object_store::ObjectMeta) -> ObjectMeta {
 impl Storage for ObjectStoreStorage {
     async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key)?;
-        let result = self.store.get(&path).await.map_err(|e| map_error(key, e))?;
-        result.bytes().await.map_err(|e| map_error(key, e))
+        let result = self.store.get(&path).await.map_err(|e| map_error(&self.url(key), e))?;
+        result.bytes().await.map_err(|e| map_error(&self.url(key), e))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
@@ -269,7 +274,7 @@ impl Storage for ObjectStoreStorage {
         if range.start >= range.end {
             let size = self.head(key).await?.size;
             if range.start > size || range.start > range.end {
-                return Err(StorageError::OutOfRange { key: key.into(), start: range.start, end: range.end, size });
+                return Err(StorageError::OutOfRange { key: self.url(key), start: range.start, end: range.end, size });
             }
             return Ok(Bytes::new());
         }
@@ -278,19 +283,24 @@ impl Storage for ObjectStoreStorage {
             Ok(result) => {
                 let size = result.meta.size;
                 if result.range != range {
-                    return Err(StorageError::OutOfRange { key: key.into(), start: range.start, end: range.end, size });
+                    return Err(StorageError::OutOfRange {
+                        key: self.url(key),
+                        start: range.start,
+                        end: range.end,
+                        size,
+                    });
                 }
-                result.bytes().await.map_err(|e| map_error(key, e))
+                result.bytes().await.map_err(|e| map_error(&self.url(key), e))
             }
-            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound { key: key.into() }),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound { key: self.url(key) }),
             Err(error) => {
                 // A range past the end is refused by the server (416) or by
                 // the client; tell that apart from a failed request.
                 let size = self.head(key).await?.size;
                 if range.end > size {
-                    Err(StorageError::OutOfRange { key: key.into(), start: range.start, end: range.end, size })
+                    Err(StorageError::OutOfRange { key: self.url(key), start: range.start, end: range.end, size })
                 } else {
-                    Err(map_error(key, error))
+                    Err(map_error(&self.url(key), error))
                 }
             }
         }
@@ -302,7 +312,7 @@ impl Storage for ObjectStoreStorage {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         let path = self.path(key)?;
-        let meta = self.store.head(&path).await.map_err(|e| map_error(key, e))?;
+        let meta = self.store.head(&path).await.map_err(|e| map_error(&self.url(key), e))?;
         Ok(object_meta(key.to_string(), &meta))
     }
 
@@ -319,7 +329,7 @@ impl Storage for ObjectStoreStorage {
             }
         };
         let options = PutOptions { mode, ..PutOptions::default() };
-        self.store.put_opts(&path, data.into(), options).await.map_err(|e| map_error(key, e))?;
+        self.store.put_opts(&path, data.into(), options).await.map_err(|e| map_error(&self.url(key), e))?;
         Ok(())
     }
 
@@ -328,7 +338,7 @@ impl Storage for ObjectStoreStorage {
         Ok(Box::new(writer::MultipartWriter::new(
             self.store.clone(),
             path,
-            key.to_string(),
+            self.url(key),
             self.part_size,
             self.concurrency,
         )))
@@ -338,7 +348,7 @@ impl Storage for ObjectStoreStorage {
         let path = self.path(key)?;
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(map_error(key, e)),
+            Err(e) => Err(map_error(&self.url(key), e)),
         }
     }
 
@@ -349,7 +359,7 @@ impl Storage for ObjectStoreStorage {
         while let Some(result) = deleted.next().await {
             match result {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(map_error(prefix, e)),
+                Err(e) => return Err(map_error(&self.url(prefix), e)),
             }
         }
         Ok(())
@@ -363,14 +373,15 @@ impl Storage for ObjectStoreStorage {
             .map_ok(|meta| object_meta(meta.location.to_string(), &meta))
             .try_collect()
             .await
-            .map_err(|e| map_error(prefix, e))?;
+            .map_err(|e| map_error(&self.url(prefix), e))?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
     async fn list_with_delimiter(&self, prefix: &str) -> Result<ListResult> {
         let root = self.prefix(prefix)?;
-        let listing = self.store.list_with_delimiter(root.as_ref()).await.map_err(|e| map_error(prefix, e))?;
+        let listing =
+            self.store.list_with_delimiter(root.as_ref()).await.map_err(|e| map_error(&self.url(prefix), e))?;
         let mut objects: Vec<ObjectMeta> =
             listing.objects.iter().map(|meta| object_meta(meta.location.to_string(), meta)).collect();
         objects.sort_by(|a, b| a.key.cmp(&b.key));

@@ -102,6 +102,11 @@ impl OpendalStorage {
         &self.op
     }
 
+    /// `key` as errors name it: the store and the key (`gs://bucket/key`).
+    fn url(&self, key: &str) -> String {
+        format!("{}/{key}", self.description)
+    }
+
     fn dir(prefix: &str) -> Result<String> {
         let prefix = prefix.trim_end_matches('/');
         if prefix.is_empty() {
@@ -220,13 +225,13 @@ fn object_meta(key: String, meta: &opendal::Metadata) -> ObjectMeta {
 impl Storage for OpendalStorage {
     async fn get(&self, key: &str) -> Result<Bytes> {
         validate_key(key)?;
-        Ok(self.op.read(key).await.map_err(|e| map_error(key, e))?.to_bytes())
+        Ok(self.op.read(key).await.map_err(|e| map_error(&self.url(key), e))?.to_bytes())
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         validate_key(key)?;
         let out_of_range =
-            |size| StorageError::OutOfRange { key: key.into(), start: range.start, end: range.end, size };
+            |size| StorageError::OutOfRange { key: self.url(key), start: range.start, end: range.end, size };
         if range.start >= range.end {
             let size = self.head(key).await?.size;
             return if range.start > size || range.start > range.end {
@@ -238,7 +243,7 @@ impl Storage for OpendalStorage {
         match self.op.read_with(key).range(range.clone()).await {
             Ok(buffer) if buffer.len() as u64 == range.end - range.start => Ok(buffer.to_bytes()),
             Ok(_) => Err(out_of_range(self.head(key).await?.size)),
-            Err(e) if e.kind() == DalKind::NotFound => Err(map_error(key, e)),
+            Err(e) if e.kind() == DalKind::NotFound => Err(map_error(&self.url(key), e)),
             Err(e) => {
                 // Servers refuse a range past the end (416) in ways OpenDAL
                 // reports differently per service; tell that apart from a
@@ -247,7 +252,7 @@ impl Storage for OpendalStorage {
                 if range.end > size {
                     Err(out_of_range(size))
                 } else {
-                    Err(map_error(key, e))
+                    Err(map_error(&self.url(key), e))
                 }
             }
         }
@@ -259,9 +264,9 @@ impl Storage for OpendalStorage {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         validate_key(key)?;
-        let meta = self.op.stat(key).await.map_err(|e| map_error(key, e))?;
+        let meta = self.op.stat(key).await.map_err(|e| map_error(&self.url(key), e))?;
         if meta.mode() != EntryMode::FILE {
-            return Err(StorageError::NotFound { key: key.into() });
+            return Err(StorageError::NotFound { key: self.url(key) });
         }
         Ok(object_meta(key.to_string(), &meta))
     }
@@ -272,10 +277,14 @@ impl Storage for OpendalStorage {
         let native = self.op.info().capability().write_with_if_not_exists;
         // Without native support the condition is checked first (racy; the
         // capabilities say so).
-        if create && !native && self.op.exists(key).await.map_err(|e| map_error(key, e))? {
-            return Err(StorageError::AlreadyExists { key: key.into() });
+        if create && !native && self.op.exists(key).await.map_err(|e| map_error(&self.url(key), e))? {
+            return Err(StorageError::AlreadyExists { key: self.url(key) });
         }
-        self.op.write_with(key, data).if_not_exists(create && native).await.map_err(|e| map_error(key, e))?;
+        self.op
+            .write_with(key, data)
+            .if_not_exists(create && native)
+            .await
+            .map_err(|e| map_error(&self.url(key), e))?;
         Ok(())
     }
 
@@ -287,19 +296,19 @@ impl Storage for OpendalStorage {
             .chunk(self.part_size)
             .concurrent(self.concurrency)
             .await
-            .map_err(|e| map_error(key, e))?;
-        Ok(Box::new(StreamingWriter { writer: Some(writer), key: key.to_string(), written: 0 }))
+            .map_err(|e| map_error(&self.url(key), e))?;
+        Ok(Box::new(StreamingWriter { writer: Some(writer), key: self.url(key), written: 0 }))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
-        self.op.delete(key).await.map_err(|e| map_error(key, e))
+        self.op.delete(key).await.map_err(|e| map_error(&self.url(key), e))
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let keys: Vec<String> = self.list(prefix).await?.into_iter().map(|o| o.key).collect();
         if self.bulk_delete {
-            return self.op.delete_iter(keys).await.map_err(|e| map_error(prefix, e));
+            return self.op.delete_iter(keys).await.map_err(|e| map_error(&self.url(prefix), e));
         }
         let deletes = keys.into_iter().map(|key| {
             let this = self.clone();
@@ -313,7 +322,7 @@ impl Storage for OpendalStorage {
         let dir = Self::dir(prefix)?;
         let entries = match self.op.list_with(&dir).recursive(true).await {
             Err(e) if e.kind() == DalKind::NotFound => Vec::new(),
-            other => other.map_err(|e| map_error(prefix, e))?,
+            other => other.map_err(|e| map_error(&self.url(prefix), e))?,
         };
         self.metas(entries.into_iter().filter(|e| e.metadata().mode() == EntryMode::FILE).collect()).await
     }
@@ -322,7 +331,7 @@ impl Storage for OpendalStorage {
         let dir = Self::dir(prefix)?;
         let entries = match self.op.list(&dir).await {
             Err(e) if e.kind() == DalKind::NotFound => Vec::new(),
-            other => other.map_err(|e| map_error(prefix, e))?,
+            other => other.map_err(|e| map_error(&self.url(prefix), e))?,
         };
         let mut prefixes = Vec::new();
         let mut files = Vec::new();
