@@ -27,7 +27,8 @@ Examples:
   orbax import model.safetensors /ckpts/imported --zarr2
   orbax convert /ckpts/run1/1000 /tmp/per-leaf --no-ocdbt --overwrite
   orbax ls s3://bucket/run1                    any path may be a URL: s3:// gs:// az:// file:// memory:// https://
-  orbax convert /ckpts/run1/1000 gs://bucket/run1/1000 -o endpoint=http://127.0.0.1:4443 -o anonymous=true";
+  orbax convert /ckpts/run1/1000 gs://bucket/run1/1000 --storage-option anonymous=true \\
+                --storage-option endpoint=http://127.0.0.1:4443   local dir to a GCS emulator";
 
 #[derive(Parser)]
 #[command(name = "orbax", version, about = "Read Orbax (JAX) PyTree checkpoints without Python", after_help = EXAMPLES)]
@@ -44,7 +45,7 @@ struct StorageArgs {
     /// A storage setting for URLs, NAME=VALUE (endpoint, region, access_key_id, secret_access_key,
     /// session_token, account_name, account_key, service_account_path, allow_http, anonymous,
     /// concurrency, part_size, max_retries, timeout, connect_timeout); overrides the environment.
-    #[arg(long = "storage-option", short = 'o', global = true, value_name = "NAME=VALUE")]
+    #[arg(long = "storage-option", global = true, value_name = "NAME=VALUE")]
     storage_options: Vec<String>,
     /// The implementation serving URLs: object_store, opendal or native (default: per scheme,
     /// or ORBAX_STORAGE_BACKEND).
