@@ -9,6 +9,12 @@ echo "== Python environment with real Orbax 0.12.8 (created on first run)"
 ORBAX_TS_PYTHON="$(conformance/venv.sh)"
 export ORBAX_TS_PYTHON
 
+echo "== local S3 (moto), GCS (fake-gcs-server), Azure (Azurite) servers on 127.0.0.1, stopped on exit"
+source backends/servers/servers.sh
+trap servers_stop EXIT
+servers_install
+servers_start
+
 echo "== formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -5,11 +5,12 @@
 //! The crate is layered; each layer is a module that only uses the ones
 //! above it in this list:
 //!
-//! * [`storage`]: bytes by key (local disk, memory; cloud stores in sibling crates).
+//! * [`storage`]: bytes by key (local disk, memory; cloud stores in sibling crates,
+//!   opened from URLs by [`location`]).
 //! * [`ocdbt`]: TensorStore's OCDBT key-value database on top of storage.
 //! * [`zarr`]: zarr v3 / v2 arrays on top of a key-value store.
 //! * [`metadata`]: Orbax's JSON (and legacy msgpack) metadata files; [`layout`]:
-//!   which directories are checkpoints, items and steps.
+//!   which directories are checkpoints, items and steps; [`retention`]: deleting them.
 //! * the PyTree API: reading ([`pytree_metadata`], [`load_pytree`],
 //!   [`checkpointables_metadata`], [`load_checkpointables`]), writing
 //!   ([`save_pytree`], [`save_checkpointables`]) and [`blocking`] for callers
@@ -33,29 +34,31 @@
 #![deny(missing_docs)]
 
 mod api;
-mod buffer;
 pub mod cast;
 pub mod chunking;
 mod dtype;
 mod error;
-mod error_kind;
 pub mod export;
 pub mod import;
 pub mod inspect;
 mod item;
 pub mod kvstore;
 pub mod layout;
+pub mod location;
 pub mod metadata;
 pub mod npy;
 pub mod ocdbt;
 pub mod pyjson;
 mod python_repr;
 mod pytree;
+pub mod retention;
 mod save;
 pub mod sharded;
 pub mod storage;
 pub mod verify;
 pub mod zarr;
+
+use orbax_storage::buffer;
 
 pub use api::{
     blocking, checkpointables_metadata, list_checkpoints, load_checkpointables, load_pytree, pytree_metadata,
@@ -63,8 +66,8 @@ pub use api::{
 };
 pub use dtype::{DType, ScalarValue};
 pub use error::{Error, Result};
-pub use error_kind::ErrorKind;
 pub use item::{ArrayStorage, LeafInfo, LeafKind, PyTreeItem, PyTreeMetadata};
+pub use orbax_storage::ErrorKind;
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
 pub use save::{

@@ -1,6 +1,6 @@
 //! The error type of the metadata layer.
 
-use crate::error_kind::ErrorKind;
+use crate::ErrorKind;
 
 /// A metadata file that could not be parsed. Every variant names the file
 /// (the path the caller passed in) and says what is wrong with it.

@@ -6,13 +6,13 @@
 mod format;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use orbax::inspect::{inspect_document, parse_keypath, same_keypath};
-use orbax::storage::{LocalFileSystem, Storage};
+use orbax::location::LocationOptions;
+use orbax::storage::Storage;
 use orbax::{blocking::block_on, Checkpoint, Error, LoadOptions};
 
 const EXAMPLES: &str = "\
@@ -25,13 +25,47 @@ Examples:
   orbax export /ckpts/run1/1000 model.safetensors
   orbax verify /ckpts/run1/1000                exit status 0 if sound
   orbax import model.safetensors /ckpts/imported --zarr2
-  orbax convert /ckpts/run1/1000 /tmp/per-leaf --no-ocdbt --overwrite";
+  orbax convert /ckpts/run1/1000 /tmp/per-leaf --no-ocdbt --overwrite
+  orbax ls s3://bucket/run1                    any path may be a URL: s3:// gs:// az:// file:// memory:// https://
+  orbax convert /ckpts/run1/1000 gs://bucket/run1/1000 --storage-option anonymous=true \\
+                --storage-option endpoint=http://127.0.0.1:4443   local dir to a GCS emulator";
 
 #[derive(Parser)]
 #[command(name = "orbax", version, about = "Read Orbax (JAX) PyTree checkpoints without Python", after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// How URLs are opened (local paths need none of this).
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// A storage setting for URLs, NAME=VALUE (endpoint, region, access_key_id, secret_access_key,
+    /// session_token, account_name, account_key, service_account_path, allow_http, anonymous,
+    /// concurrency, part_size, max_retries, timeout, connect_timeout); overrides the environment.
+    #[arg(long = "storage-option", global = true, value_name = "NAME=VALUE")]
+    storage_options: Vec<String>,
+    /// The implementation serving URLs: object_store, opendal or native (default: per scheme,
+    /// or ORBAX_STORAGE_BACKEND).
+    #[arg(long, global = true)]
+    backend: Option<String>,
+}
+
+impl StorageArgs {
+    fn location_options(&self) -> Result<LocationOptions, Error> {
+        let options = self
+            .storage_options
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((name, value)) => Ok((name.to_string(), value.to_string())),
+                None => Err(Error::InvalidArgument(format!("--storage-option {pair:?}: expected NAME=VALUE"))),
+            })
+            .collect::<Result<_, _>>()?;
+        let backend = self.backend.as_deref().map(str::parse).transpose()?;
+        Ok(LocationOptions { backend, options })
+    }
 }
 
 #[derive(clap::Args)]
@@ -183,35 +217,26 @@ fn terminal_progress() -> Option<orbax::ProgressFn> {
     })
 }
 
-/// Opens the local directory containing `path` and returns the key of `path` in it.
-fn open_local(path: &str) -> Result<(Arc<dyn Storage>, String), Error> {
-    let p = Path::new(path);
-    let abs = p
-        .canonicalize()
-        .or_else(|_| std::path::absolute(p))
-        .map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))?;
-    let parent = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let name = abs.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-    let store: Arc<dyn Storage> = Arc::new(LocalFileSystem::new(parent));
-    Ok((store, name))
-}
-
 fn options(open: &Open, item: Option<String>) -> LoadOptions {
     LoadOptions { item, allow_uncommitted: open.allow_uncommitted }
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let location_options = cli.storage.location_options()?;
+    // A URL or local path as (store, key of the path in it).
+    let open_url =
+        |path: &str| -> Result<(Arc<dyn Storage>, String), Error> { orbax::location::open(path, &location_options) };
     let mut out = std::io::stdout().lock();
     let io = |e: std::io::Error| Error::InvalidArgument(format!("writing output: {e}"));
     match cli.command {
         Command::Ls { root, json } => {
-            let (store, key) = open_local(&root)?;
+            let (store, key) = open_url(&root)?;
             let steps = block_on(orbax::list_checkpoints(&store, &key))?;
             let text = if json { format::steps_json(&steps) } else { format::steps_table(&steps) };
             out.write_all(text.as_bytes()).map_err(io)?;
         }
         Command::Inspect { open, item, json } => {
-            let (store, key) = open_local(&open.path)?;
+            let (store, key) = open_url(&open.path)?;
             let opts = options(&open, item.clone());
             let checkpoint = block_on(Checkpoint::open(&store, &key, &opts))?;
             let text = if json {
@@ -223,7 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             out.write_all(text.as_bytes()).map_err(io)?;
         }
         Command::Cat { open, keypath, item, npy, raw, json } => {
-            let (store, key) = open_local(&open.path)?;
+            let (store, key) = open_url(&open.path)?;
             let path = parse_keypath(&keypath).map_err(Error::InvalidArgument)?;
             let checkpoint = block_on(Checkpoint::open(&store, &key, &options(&open, item.clone())))?;
             let pytree = block_on(checkpoint.pytree(item.as_deref()))?;
@@ -245,7 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             out.write_all(&bytes).map_err(io)?;
         }
         Command::Export { open, out: file, item, cast_unsupported } => {
-            let (store, key) = open_local(&open.path)?;
+            let (store, key) = open_url(&open.path)?;
             let tree = block_on(orbax::load_pytree(&store, &key, &options(&open, item)))?;
             let bytes = if file.ends_with(".safetensors") {
                 orbax::export::to_safetensors(&tree, orbax::export::SafetensorsOptions { cast_unsupported })
@@ -258,7 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             std::fs::write(&file, bytes).map_err(|e| Error::InvalidArgument(format!("{file}: {e}")))?;
         }
         Command::Verify { open } => {
-            let (store, key) = open_local(&open.path)?;
+            let (store, key) = open_url(&open.path)?;
             let report = block_on(orbax::verify::verify_checkpoint(&store, &key, &options(&open, None)));
             for p in &report.problems {
                 writeln!(out, "error[{}]: {}", p.kind, p.message).map_err(io)?;
@@ -287,11 +312,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             .and_then(|t| orbax::import::tree_from_named(t, &sep))
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            let (store, key) = open_local(&out)?;
+            let (store, key) = open_url(&out)?;
             block_on(orbax::save_pytree(&store, &key, &tensors, &layout.save_options()?))?;
         }
         Command::Convert { open, out, layout } => {
-            let (store, key) = open_local(&open.path)?;
+            let (store, key) = open_url(&open.path)?;
             let checkpoint = block_on(Checkpoint::open(&store, &key, &options(&open, None)))?;
             let metadata = block_on(checkpoint.checkpointables_metadata())?;
             let items = block_on(checkpoint.load_checkpointables())?;
@@ -303,7 +328,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 items.sort_by_key(|(name, _)| handlers.iter().position(|(h, _)| h == name).unwrap_or(usize::MAX));
             }
             let save = orbax::SaveOptions { sharding_for: Some(metadata.sharding_fn()), ..layout.save_options()? };
-            let (out_store, out_key) = open_local(&out)?;
+            let (out_store, out_key) = open_url(&out)?;
             block_on(orbax::save_checkpointables(&out_store, &out_key, &items, &save))?;
         }
     }

@@ -10,7 +10,7 @@
 const HUGE_PAGE_THRESHOLD: usize = 4 << 20;
 
 /// A zero-filled buffer of `n` bytes, or `None` if it cannot be allocated.
-pub(crate) fn zeroed(n: usize) -> Option<Vec<u8>> {
+pub fn zeroed(n: usize) -> Option<Vec<u8>> {
     if n == 0 {
         return Some(Vec::new());
     }
