@@ -53,6 +53,7 @@ mod python_repr;
 mod pytree;
 mod save;
 pub mod storage;
+pub mod training;
 pub mod verify;
 pub mod zarr;
 
@@ -67,6 +68,6 @@ pub use item::{ArrayStorage, LeafInfo, LeafKind, PyTreeItem, PyTreeMetadata};
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
 pub use save::{
-    save_checkpointables, save_pytree, ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions,
-    StorageOptionsFn,
+    load_pytree_async, save_checkpointables, save_checkpointables_async, save_pytree, save_pytree_async, TaskHandle,
 };
+pub use save::{ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions, StorageOptionsFn};
