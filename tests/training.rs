@@ -135,7 +135,11 @@ fn best_n_by_metrics_preemption_and_step_names() {
     let losses = [0.9, 0.3, 0.5, 0.1, 0.7, 0.2];
     for step in 0..60u64 {
         let metrics = (step % 10 == 0 && step != 20).then(|| json!({"loss": losses[step as usize / 10]}));
-        let args = StepSave { metrics, custom_metadata: json!({"s": step}).as_object().unwrap().clone(), ..Default::default() };
+        let args = StepSave {
+            metrics,
+            custom_metadata: json!({"s": step}).as_object().unwrap().clone(),
+            ..Default::default()
+        };
         ckpt.save_async(step, &state(step, 1, 4), args).unwrap();
     }
     ckpt.preemption_flag().store(true, std::sync::atomic::Ordering::Relaxed);
@@ -223,7 +227,12 @@ fn killed_training_resumes_from_the_last_committed_step() {
     let dir = tempfile::tempdir().unwrap();
     let spawn = |until: u64| {
         Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "killed_training_resumes_from_the_last_committed_step", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "killed_training_resumes_from_the_last_committed_step",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .env(CHILD_UNTIL_ENV, until.to_string())
             .stdout(Stdio::piped())
@@ -234,11 +243,13 @@ fn killed_training_resumes_from_the_last_committed_step() {
     let resumed_line = |child: &mut std::process::Child| {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        while !line.starts_with("resumed ") {
+        // The test harness may print "test <name> ... " on the same line.
+        while !line.contains("resumed ") {
             line.clear();
             assert!(out.read_line(&mut line).unwrap() > 0, "the child ended without saying where it resumed");
         }
-        (line.trim_end().to_string(), out)
+        let at = line.find("resumed ").unwrap();
+        (line[at..].trim_end().to_string(), out)
     };
     let committed = || {
         let store: Arc<dyn Storage> = Arc::new(LocalFileSystem::new(dir.path()));
