@@ -17,6 +17,9 @@
 //! * around it: [`inspect`] (the CLI protocol document), [`export`] /
 //!   [`import`] (safetensors, npz), [`verify`], [`cast`] and [`chunking`]
 //!   (numpy casting and Orbax's chunk-shape rule).
+//! * training loops: [`save_pytree_async`] (returns once the data is
+//!   copied) and [`training::Checkpointer`] (steps under a root, save and
+//!   preservation policies, like Orbax's `training.Checkpointer`).
 //!
 //! ```no_run
 //! use std::sync::Arc;
