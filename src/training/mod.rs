@@ -472,10 +472,7 @@ pub async fn delete_step_dir(store: &Arc<dyn Storage>, path: &str) -> Result<()>
         store.rename_prefix(path, &doomed).await?;
         store.delete_prefix(&doomed).await?;
     } else {
-        match store.delete(&join_key(path, "commit_success.txt")).await {
-            Ok(()) | Err(StorageError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        store.delete(&join_key(path, "commit_success.txt")).await?;
         store.delete_prefix(path).await?;
     }
     Ok(())

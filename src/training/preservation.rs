@@ -41,7 +41,7 @@ impl PreservationPolicy for LatestN {
 /// `max_to_keep` of them.
 #[derive(Debug, Clone)]
 pub struct EveryNSteps {
-    /// The interval (not 0).
+    /// The interval; 0 (an error in Orbax) keeps every checkpoint.
     pub interval_steps: u64,
     /// Keep exact multiples rather than gaps of at least the interval.
     pub exact_interval: bool,
@@ -58,7 +58,11 @@ impl EveryNSteps {
 
 impl PreservationPolicy for EveryNSteps {
     fn should_preserve(&self, checkpoints: &[CheckpointInfo]) -> Vec<bool> {
-        let interval = self.interval_steps.max(1);
+        // Orbax raises on 0; we keep everything rather than guess (deleting is irreversible).
+        if self.interval_steps == 0 {
+            return vec![true; checkpoints.len()];
+        }
+        let interval = self.interval_steps;
         let mut keep: Vec<bool> = if self.exact_interval {
             checkpoints.iter().map(|c| c.step % interval == 0).collect()
         } else {
@@ -204,6 +208,7 @@ mod tests {
         let gaps = EveryNSteps { exact_interval: false, ..EveryNSteps::new(5) };
         assert_eq!(kept(&gaps, &c), [0, 5, 10, 20]);
         assert_eq!(kept(&gaps, &steps(&[1, 4, 7, 9, 13])), [1, 7, 13]);
+        assert_eq!(kept(&EveryNSteps::new(0), &c).len(), 7);
         assert_eq!(kept(&CustomSteps([3, 21, 99].into()), &c), [3, 21]);
         let any = AnyPreservation(vec![Box::new(LatestN(1)), Box::new(CustomSteps([3].into()))]);
         assert_eq!(kept(&any, &c), [3, 21]);
