@@ -68,6 +68,14 @@ pub enum Error {
     /// The caller asked for something the checkpoint cannot give.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Background work (an async save or load) ended without a result.
+    #[error("the {what} ended without a result: {reason}")]
+    Background {
+        /// The work, e.g. `save of run/7`.
+        what: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<KvError> for Error {
@@ -92,6 +100,7 @@ impl Error {
             Error::Item { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Structure { .. } => ErrorKind::Corrupt,
             Error::Leaf { source, .. } => source.kind(),
+            Error::Background { .. } => ErrorKind::Io,
         }
     }
 

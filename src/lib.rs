@@ -10,7 +10,7 @@
 //! * [`ocdbt`]: TensorStore's OCDBT key-value database on top of storage.
 //! * [`zarr`]: zarr v3 / v2 arrays on top of a key-value store.
 //! * [`metadata`]: Orbax's JSON (and legacy msgpack) metadata files; [`layout`]:
-//!   which directories are checkpoints, items and steps; [`retention`]: deleting them.
+//!   which directories are checkpoints, items and steps.
 //! * the PyTree API: reading ([`pytree_metadata`], [`load_pytree`],
 //!   [`checkpointables_metadata`], [`load_checkpointables`]), writing
 //!   ([`save_pytree`], [`save_checkpointables`]) and [`blocking`] for callers
@@ -18,6 +18,9 @@
 //! * around it: [`inspect`] (the CLI protocol document), [`export`] /
 //!   [`import`] (safetensors, npz), [`verify`], [`cast`] and [`chunking`]
 //!   (numpy casting and Orbax's chunk-shape rule).
+//! * training loops: [`save_pytree_async`] (returns once the data is
+//!   copied) and [`training::Checkpointer`] (steps under a root, save and
+//!   preservation policies, like Orbax's `training.Checkpointer`).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -51,10 +54,10 @@ pub mod ocdbt;
 pub mod pyjson;
 mod python_repr;
 mod pytree;
-pub mod retention;
 mod save;
 pub mod sharded;
 pub mod storage;
+pub mod training;
 pub mod verify;
 pub mod zarr;
 
@@ -71,6 +74,6 @@ pub use orbax_storage::ErrorKind;
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
 pub use save::{
-    save_checkpointables, save_pytree, ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions,
-    StorageOptionsFn,
+    load_pytree_async, save_checkpointables, save_checkpointables_async, save_pytree, save_pytree_async, TaskHandle,
 };
+pub use save::{ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions, StorageOptionsFn};

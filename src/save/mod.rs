@@ -14,6 +14,7 @@
 //!   `commit_success.txt` is created last, conditionally where the store
 //!   supports put-if-absent; a checkpoint without it is unfinished.
 
+mod async_save;
 mod pytree_item;
 
 use std::sync::Arc;
@@ -31,10 +32,14 @@ use crate::pyjson::{to_string, JsonStyle};
 use crate::pytree::{KeyPath, PyTree};
 use crate::storage::{join_key, PutMode, Storage, StorageError};
 
+pub use async_save::{load_pytree_async, save_checkpointables_async, save_pytree_async, TaskHandle};
 pub use pytree_item::PYTREE_HANDLER;
 
 /// `_CHECKPOINT_METADATA` handler name of JSON checkpointables.
 pub const JSON_HANDLER: &str = "orbax.checkpoint.experimental.v1._src.handlers.json_handler.JsonHandler";
+/// `_CHECKPOINT_METADATA` handler name of the `metrics` item a training
+/// `Checkpointer` writes (a JSON file called `metrics`).
+pub const METRICS_HANDLER: &str = "orbax.checkpoint.experimental.v1._src.handlers.json_handler.MetricsHandler";
 /// Orbax's default `ocdbt_target_data_file_size` on local storage (2 GiB).
 pub const DEFAULT_TARGET_DATA_FILE_SIZE: u64 = 2 << 30;
 
@@ -135,7 +140,7 @@ impl std::fmt::Debug for SaveOptions {
     }
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
@@ -149,6 +154,8 @@ pub async fn save_pytree(store: &Arc<dyn Storage>, path: &str, tree: &PyTree, op
 enum Item<'a> {
     PyTree(&'a PyTree),
     Json(&'a Value),
+    /// The `metrics` item of a training step: JSON in a file called `metrics`.
+    Metrics(&'a Value),
 }
 
 /// Saves named items (PyTrees and JSON documents) as one checkpoint, like
@@ -159,7 +166,11 @@ pub async fn save_checkpointables(
     items: &[(String, Checkpointable)],
     options: &SaveOptions,
 ) -> Result<()> {
-    let borrowed: Vec<(&str, Item)> = items
+    save_items(store, path, &borrow_items(items), options).await
+}
+
+fn borrow_items(items: &[(String, Checkpointable)]) -> Vec<(&str, Item<'_>)> {
+    items
         .iter()
         .map(|(name, item)| {
             let item = match item {
@@ -168,7 +179,27 @@ pub async fn save_checkpointables(
             };
             (name.as_str(), item)
         })
-        .collect();
+        .collect()
+}
+
+/// Saves one step of a training root as Orbax's `training.Checkpointer`
+/// does: the items plus, when given, `metrics` as a JSON item called
+/// `metrics`, with `item_handlers` in name order.
+pub(crate) async fn save_step(
+    store: &Arc<dyn Storage>,
+    path: &str,
+    items: &[(String, Checkpointable)],
+    metrics: Option<&Value>,
+    options: &SaveOptions,
+) -> Result<()> {
+    if items.iter().any(|(name, _)| name == "metrics") && metrics.is_some() {
+        return Err(Error::InvalidArgument("an item called \"metrics\" clashes with the step's metrics".into()));
+    }
+    let mut borrowed = borrow_items(items);
+    if let Some(metrics) = metrics {
+        borrowed.push(("metrics", Item::Metrics(metrics)));
+    }
+    borrowed.sort_by(|a, b| a.0.cmp(b.0));
     save_items(store, path, &borrowed, options).await
 }
 
@@ -207,10 +238,15 @@ async fn save_items(
                 pytree_item::write(store, &dir, name, tree, options).await?;
                 handlers.insert(name.to_string(), json!(PYTREE_HANDLER));
             }
-            Item::Json(value) => {
+            Item::Json(value) | Item::Metrics(value) => {
+                let (file, handler) = if matches!(item, Item::Metrics(_)) {
+                    ("metrics", METRICS_HANDLER)
+                } else {
+                    ("data.json", JSON_HANDLER)
+                };
                 let text = to_string(value, JsonStyle::Python);
-                store.put(&join_key(&dir, "data.json"), Bytes::from(text), PutMode::Overwrite).await?;
-                handlers.insert(name.to_string(), json!(JSON_HANDLER));
+                store.put(&join_key(&dir, file), Bytes::from(text), PutMode::Overwrite).await?;
+                handlers.insert(name.to_string(), json!(handler));
             }
         }
     }

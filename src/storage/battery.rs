@@ -265,8 +265,10 @@ pub async fn commit_protocol(store: &Arc<dyn Storage>, prefix: &str, enforces_co
 
     // Deleting old steps never touches the save in progress (step 2).
     crate::save_pytree(store, &step(4), &sample_tree(4.0), &options).await.expect("save step 4");
-    let deleted = crate::retention::prune_steps(store, &root, 1).await.expect("prune");
-    assert_eq!(deleted, [1], "only the older committed step is deleted");
+    let committed = crate::training::list_root(store, &root, None).await.expect("list the root");
+    let policy = crate::training::preservation::LatestN(1);
+    let kept = crate::training::collect_garbage(store, &root, committed, &policy).await.expect("collect garbage");
+    assert_eq!(kept.iter().map(|c| c.step).collect::<Vec<_>>(), [4], "only the newest committed step is kept");
     assert!(store.list(&step(1)).await.expect("list").is_empty(), "step 1 is gone");
     let in_progress = store.list(&step(2)).await.expect("list");
     assert!(!in_progress.is_empty(), "the unfinished step 2 is untouched");

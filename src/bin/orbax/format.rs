@@ -38,24 +38,33 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// `orbax ls --json`.
-pub fn steps_json(steps: &[StepInfo]) -> String {
+/// `orbax ls --json`; with `kept`, each step has `"keep": true|false`.
+pub fn steps_json(steps: &[StepInfo], kept: Option<&[bool]>) -> String {
     let list: Vec<Value> = steps
         .iter()
-        .map(|s| {
-            json!({"step": s.dir.step, "dir": s.dir.dir, "time_ns": s.time_ns, "size": s.size,
-                   "items": s.items, "metrics": s.metrics})
+        .enumerate()
+        .map(|(i, s)| {
+            let mut row = json!({"step": s.dir.step, "dir": s.dir.dir, "time_ns": s.time_ns, "size": s.size,
+                   "items": s.items, "metrics": s.metrics});
+            if let Some(kept) = kept {
+                row["keep"] = json!(kept[i]);
+            }
+            row
         })
         .collect();
     serde_json::to_string_pretty(&list).expect("JSON values serialize") + "\n"
 }
 
-/// `orbax ls`.
-pub fn steps_table(steps: &[StepInfo]) -> String {
+/// `orbax ls`; with `kept`, the first column marks the steps kept (`keep`) and deleted (`-`).
+pub fn steps_table(steps: &[StepInfo], kept: Option<&[bool]>) -> String {
     let mut rows = vec![["STEP".to_string(), "TIME (UTC)".into(), "SIZE".into(), "ITEMS".into(), "METRICS".into()]];
-    for s in steps {
+    if kept.is_some() {
+        rows[0][0] = "KEEP  STEP".into();
+    }
+    for (i, s) in steps.iter().enumerate() {
+        let mark = kept.map(|k| if k[i] { "keep  " } else { "-     " }).unwrap_or_default();
         rows.push([
-            s.dir.dir.clone(),
+            format!("{mark}{}", s.dir.dir),
             s.time_ns.map(utc).unwrap_or_else(|| "-".into()),
             human_bytes(s.size),
             s.items.join(","),

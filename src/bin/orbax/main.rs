@@ -13,11 +13,16 @@ use clap::{Parser, Subcommand};
 use orbax::inspect::{inspect_document, parse_keypath, same_keypath};
 use orbax::location::LocationOptions;
 use orbax::storage::Storage;
+use orbax::training::preservation::{AnyPreservation, EveryNSteps, LatestN};
+use orbax::training::{self, CheckpointInfo, PreservationPolicy};
 use orbax::{blocking::block_on, Checkpoint, Error, LoadOptions};
 
 const EXAMPLES: &str = "\
 Examples:
   orbax ls /ckpts/run1                         steps of a managed root
+  orbax ls /ckpts/run1 --keep-latest 3         ... marking what that policy keeps
+  orbax gc /ckpts/run1 --keep-latest 3 --keep-every 1000 --dry-run
+  orbax rm /ckpts/run1 1200                    delete one step
   orbax inspect /ckpts/run1/1000               tree view of a checkpoint
   orbax inspect /ckpts/run1/1000 --json        the conformance-protocol document
   orbax cat /ckpts/run1/1000 \"['params']['w']\" --npy > w.npy
@@ -86,6 +91,26 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Mark the steps this policy would keep.
+        #[command(flatten)]
+        keep: Keep,
+    },
+    /// Delete the steps of a managed root that a preservation policy does not keep.
+    Gc {
+        /// The root directory.
+        root: String,
+        #[command(flatten)]
+        keep: Keep,
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete one step of a managed root.
+    Rm {
+        /// The root directory.
+        root: String,
+        /// The step number.
+        step: u64,
     },
     /// Show the tree of a checkpoint: keypath, dtype, shape, bytes, chunking, sharding.
     Inspect {
@@ -159,6 +184,30 @@ enum Command {
     },
 }
 
+/// A preservation policy: keep the latest N and/or every N-th step.
+#[derive(clap::Args)]
+struct Keep {
+    /// Keep the latest N steps.
+    #[arg(long)]
+    keep_latest: Option<usize>,
+    /// Keep every step divisible by N.
+    #[arg(long)]
+    keep_every: Option<u64>,
+}
+
+impl Keep {
+    fn policy(&self) -> Option<AnyPreservation> {
+        let mut policies: Vec<Box<dyn PreservationPolicy>> = Vec::new();
+        if let Some(n) = self.keep_latest {
+            policies.push(Box::new(LatestN(n)));
+        }
+        if let Some(n) = self.keep_every.filter(|&n| n > 0) {
+            policies.push(Box::new(EveryNSteps::new(n)));
+        }
+        (!policies.is_empty()).then_some(AnyPreservation(policies))
+    }
+}
+
 /// Layout options of the commands that write checkpoints.
 #[derive(clap::Args)]
 struct Layout {
@@ -229,11 +278,49 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     let mut out = std::io::stdout().lock();
     let io = |e: std::io::Error| Error::InvalidArgument(format!("writing output: {e}"));
     match cli.command {
-        Command::Ls { root, json } => {
+        Command::Ls { root, json, keep } => {
             let (store, key) = open_url(&root)?;
             let steps = block_on(orbax::list_checkpoints(&store, &key))?;
-            let text = if json { format::steps_json(&steps) } else { format::steps_table(&steps) };
+            let infos: Vec<CheckpointInfo> = steps
+                .iter()
+                .map(|s| CheckpointInfo {
+                    step: s.dir.step,
+                    dir: s.dir.dir.clone(),
+                    time_ns: s.time_ns.unwrap_or(0),
+                    metrics: s.metrics.clone(),
+                })
+                .collect();
+            let kept = keep.policy().map(|p| p.should_preserve(&infos));
+            let text = if json {
+                format::steps_json(&steps, kept.as_deref())
+            } else {
+                format::steps_table(&steps, kept.as_deref())
+            };
             out.write_all(text.as_bytes()).map_err(io)?;
+        }
+        Command::Gc { root, keep, dry_run } => {
+            let policy = keep.policy().ok_or_else(|| {
+                Error::InvalidArgument("gc needs a policy: --keep-latest N and/or --keep-every N".into())
+            })?;
+            let (store, key) = open_url(&root)?;
+            let infos = block_on(training::list_root(&store, &key, None))?;
+            let kept = policy.should_preserve(&infos);
+            for (info, _) in infos.iter().zip(&kept).filter(|(_, k)| !**k) {
+                if !dry_run {
+                    block_on(training::delete_step_dir(&store, &orbax::storage::join_key(&key, &info.dir)))?;
+                }
+                writeln!(out, "{} {}", if dry_run { "would delete" } else { "deleted" }, info.dir).map_err(io)?;
+            }
+        }
+        Command::Rm { root, step } => {
+            let (store, key) = open_url(&root)?;
+            let infos = block_on(training::list_root(&store, &key, None))?;
+            let info = infos.iter().find(|c| c.step == step).ok_or_else(|| Error::NotACheckpoint {
+                path: root.clone(),
+                what: format!("no committed step {step}"),
+            })?;
+            block_on(training::delete_step_dir(&store, &orbax::storage::join_key(&key, &info.dir)))?;
+            writeln!(out, "deleted {}", info.dir).map_err(io)?;
         }
         Command::Inspect { open, item, json } => {
             let (store, key) = open_url(&open.path)?;
