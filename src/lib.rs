@@ -77,3 +77,8 @@ pub use save::{
     load_pytree_async, save_checkpointables, save_checkpointables_async, save_pytree, save_pytree_async, TaskHandle,
 };
 pub use save::{ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions, StorageOptionsFn};
+
+/// The README's examples compile (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
