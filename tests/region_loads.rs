@@ -127,7 +127,8 @@ async fn reshards_onto_a_2x4_mesh_exactly_as_orbax_does() {
         let item = open(&store, &format!("v0_12_8_v1_resharding_{layout}")).await;
         for (name, leaf) in expected[layout].as_object().unwrap() {
             let sharding = LeafLayout::Sharding(mesh_sharding(leaf));
-            let PyTree::Sharded(loaded) = item.load_leaf_sharded(&key(name), &sharding, &ShardedLoad::default()).await.unwrap()
+            let PyTree::Sharded(loaded) =
+                item.load_leaf_sharded(&key(name), &sharding, &ShardedLoad::default()).await.unwrap()
             else {
                 panic!("{name}: not sharded")
             };
@@ -198,10 +199,7 @@ async fn region_reads_fetch_only_intersecting_chunks() {
     let mut want_sorted = want.clone();
     want_sorted.sort();
     assert_eq!(chunk_files, want_sorted.iter().collect::<Vec<_>>());
-    let sizes: u64 = want
-        .iter()
-        .map(|k| std::fs::metadata(fixtures().join("fixtures").join(k)).unwrap().len())
-        .sum();
+    let sizes: u64 = want.iter().map(|k| std::fs::metadata(fixtures().join("fixtures").join(k)).unwrap().len()).sum();
     let chunk_bytes: u64 = read.iter().filter(|(k, _)| k.contains("/w/c/")).map(|(_, n)| n).sum();
     assert_eq!(chunk_bytes, sizes);
     assert_eq!(stats.chunks_decoded, 6);
@@ -211,23 +209,79 @@ async fn region_reads_fetch_only_intersecting_chunks() {
     let want_values: Vec<f64> = (3..9).flat_map(|r| (5..7).map(move |c| r * 8 + c)).map(|i| whole_values[i]).collect();
     assert_eq!(values(&part), want_values);
 
-    // OCDBT: one device's shard reads a fraction of what the whole array does.
+    // The fixture's OCDBT values are small enough to be inline in the b-tree; see below for data files.
     let item = open(&store, "v0_12_8_v1_resharding_ocdbt").await;
-    counting.take();
-    let (all, all_stats) = item.read_region(&key("w"), &[0..16, 0..8], None).await.unwrap();
-    let all_bytes: u64 = counting.take().values().sum();
     let (one, one_stats) = item.read_region(&key("w"), &[8..16, 2..4], Some(16)).await.unwrap();
-    let one_bytes: u64 = counting.take().values().sum();
-    assert_eq!(all, whole);
-    assert_eq!((all_stats.chunks_decoded, one_stats.chunks_decoded), (32, 8));
-    assert!(one_stats.bytes_fetched * 3 < all_stats.bytes_fetched, "{one_stats:?} vs {all_stats:?}");
-    // The storage reads: at most the values needed plus the b-tree nodes on their path.
-    assert!(one_bytes <= one_stats.bytes_fetched + (all_bytes - all_stats.bytes_fetched), "{one_bytes} {all_bytes}");
-    assert!(one_stats.peak_bytes_in_flight <= 16 + 32, "{one_stats:?}");
-    let all_values = values(&all);
-    let want: Vec<f64> = (8..16).flat_map(|r| (2..4).map(move |c| r * 8 + c)).map(|i| all_values[i]).collect();
+    assert_eq!(one_stats.chunks_decoded, 8);
+    assert!(one_stats.peak_bytes_in_flight <= 32, "{one_stats:?}");
+    let whole_values = values(&whole);
+    let want: Vec<f64> = (8..16).flat_map(|r| (2..4).map(move |c| r * 8 + c)).map(|i| whole_values[i]).collect();
     assert_eq!(values(&one), want);
 
     let err = item.read_region(&key("w"), &[0..17, 0..8], None).await.unwrap_err().to_string();
     assert!(err.contains("not inside the array's shape [16, 8]"), "{err}");
+}
+
+fn f32_array(shape: &[u64], seed: u32) -> orbax::Array {
+    let n: u64 = shape.iter().product();
+    // An LCG: incompressible enough that chunks stay distinct out-of-line values.
+    let mut x = seed;
+    let data = (0..n)
+        .flat_map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x as f32 / 7.0).to_le_bytes()
+        })
+        .collect();
+    orbax::Array::new(orbax::DType::Float32, shape.to_vec(), data).unwrap()
+}
+
+#[tokio::test]
+async fn one_leaf_or_one_shard_of_an_ocdbt_checkpoint_reads_only_its_chunks() {
+    use orbax::{SaveOptions, StorageOptions};
+    let memory: Arc<dyn Storage> = Arc::new(orbax::storage::InMemory::new());
+    let counting = Counting::new(memory.clone());
+    let store: Arc<dyn Storage> = counting.clone();
+    let big = f32_array(&[64, 64], 1);
+    let tree = PyTree::Dict(vec![
+        ("big".into(), PyTree::Array(big.clone())),
+        ("other".into(), PyTree::Array(f32_array(&[64, 64], 2))),
+    ]);
+    for use_ocdbt in [true, false] {
+        let path = if use_ocdbt { "ocdbt" } else { "files" };
+        let options = SaveOptions {
+            use_ocdbt,
+            use_compression: false,
+            storage: StorageOptions { chunk_byte_size: Some(1024), ..Default::default() },
+            ..Default::default()
+        };
+        orbax::save_pytree(&memory, path, &tree, &options).await.unwrap();
+        counting.take();
+        let item = open(&store, path).await;
+        // Metadata: opening the item and the array.
+        item.read_region(&key("big"), &[0..0, 0..64], None).await.unwrap();
+        let metadata: u64 = counting.take().values().sum();
+        let info = item.metadata().await.unwrap();
+        assert!(metadata < 4096, "{path}: opening read {metadata} bytes");
+        let chunk = info.leaves[0].storage.as_ref().unwrap().read_chunk_shape.clone();
+        counting.take();
+        // One device's shard of an 8-way dim-0 sharding: rows 8..16, every column.
+        let (shard, stats) = item.read_region(&key("big"), &[8..16, 0..64], None).await.unwrap();
+        let read: u64 = counting.take().values().sum();
+        let needed = (15 / chunk[0] - 8 / chunk[0] + 1) * 64u64.div_ceil(chunk[1]);
+        assert!(needed < 16, "{path}: chunks {chunk:?} too large for the test");
+        assert_eq!(stats.chunks_decoded, needed, "{path}");
+        // Each chunk is a zarr3 shard of one inner chunk: its values plus a 20-byte index (one entry + crc32c).
+        assert_eq!(stats.bytes_fetched, needed * (chunk[0] * chunk[1] * 4 + 20), "{path}: {stats:?}");
+        // Storage reads: the needed chunks plus at most the metadata reads of opening the array again.
+        assert!(read <= stats.bytes_fetched + metadata, "{path}: storage read {read} bytes for {stats:?}");
+        assert_eq!(shard.data(), &big.data()[8 * 64 * 4..16 * 64 * 4]);
+        // One whole leaf reads its own chunks, never the other leaf's.
+        item.load_leaf_at(&key("big")).await.unwrap();
+        let read = counting.take();
+        let total: u64 = read.values().sum();
+        let chunks = 64u64.div_ceil(chunk[0]) * 64u64.div_ceil(chunk[1]);
+        assert!(total <= 64 * 64 * 4 + chunks * 20 + metadata, "{path}: {total} bytes for a 16 KiB leaf");
+        assert!(read.keys().all(|k| !k.contains("other")), "{path}: {read:?}");
+        eprintln!("{path}: metadata {metadata} bytes, one shard {} bytes, one leaf {total} bytes", stats.bytes_fetched);
+    }
 }
