@@ -10,7 +10,6 @@ use super::metadata::{ArrayToBytes, Sharding};
 use super::{copy_block, MissingChunks, Region, ShardIndex, ZarrArray, ZarrError};
 use crate::kvstore::KvSource;
 use crate::pytree::{num_elements, Array};
-use crate::storage::coalesce_ranges;
 
 /// Byte ranges inside one shard closer than this are read together.
 pub const COALESCE_GAP_BYTES: u64 = 64 << 10;
@@ -35,6 +34,26 @@ pub struct RegionStats {
     pub peak_bytes_in_flight: u64,
     /// Chunks (inner chunks, for a sharded array) decoded.
     pub chunks_decoded: u64,
+}
+
+/// Merges byte ranges lying within [`COALESCE_GAP_BYTES`] of each other,
+/// never into a range longer than `bound` (a range longer on its own stays whole).
+fn coalesce_bounded(ranges: &[Range<u64>], bound: Option<u64>) -> Vec<Range<u64>> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
+    for range in sorted {
+        match merged.last_mut() {
+            Some(last)
+                if range.start <= last.end.saturating_add(COALESCE_GAP_BYTES)
+                    && bound.is_none_or(|b| range.end.max(last.end) - last.start <= b) =>
+            {
+                last.end = last.end.max(range.end)
+            }
+            _ => merged.push(range),
+        }
+    }
+    merged
 }
 
 /// The chunk-grid box `[first, last]` (inclusive) of chunks of `chunk` elements intersecting `region`.
@@ -229,7 +248,7 @@ impl ZarrArray {
         let entries = ShardIndex::parse_index(&described, &index_bytes, s, data)?.entries;
         let ranges: Vec<Range<u64>> =
             wanted.iter().filter_map(|(_, flat)| entries[*flat].map(|(o, l)| o..o + l)).collect();
-        let mut groups = coalesce_ranges(&ranges, COALESCE_GAP_BYTES);
+        let mut groups = coalesce_bounded(&ranges, options.max_bytes_in_flight);
         let place = |scratch: &[u8], at: &[u64], out: &mut [u8]| {
             let origin: Vec<u64> = at.iter().zip(inner).zip(&shard_origin).map(|((a, i), o)| o + a * i).collect();
             copy_intersection(scratch, &origin, inner, region, out, item);
@@ -273,5 +292,155 @@ impl ZarrArray {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::kvstore::{DirectoryKv, KvError};
+    use crate::storage::{InMemory, PutMode, Storage};
+
+    /// A key-value source recording every ranged read.
+    #[derive(Debug)]
+    struct Recording {
+        inner: DirectoryKv,
+        ranges: Mutex<Vec<(String, Range<u64>)>>,
+    }
+
+    #[async_trait]
+    impl KvSource for Recording {
+        async fn get(&self, key: &str) -> Result<Option<Bytes>, KvError> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, KvError> {
+            self.ranges.lock().unwrap().push((key.to_string(), range.clone()));
+            self.inner.get_range(key, range).await
+        }
+        async fn value_len(&self, key: &str) -> Result<Option<u64>, KvError> {
+            self.inner.value_len(key).await
+        }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, KvError> {
+            self.inner.get_many(keys).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+            self.inner.list(prefix).await
+        }
+        fn describe(&self, key: &str) -> String {
+            self.inner.describe(key)
+        }
+    }
+
+    /// A 16x16 uint16 array (element = row * 16 + column) stored as one zarr3
+    /// shard of 4x4 inner chunks (raw bytes, index at the end with crc32c),
+    /// each inner chunk padded by `gap` junk bytes; inner chunk 5 is missing.
+    async fn sharded_array(gap: usize) -> (Recording, ZarrArray) {
+        let store: Arc<dyn Storage> = Arc::new(InMemory::new());
+        let zarr_json = r#"{"zarr_format":3,"node_type":"array","shape":[16,16],"data_type":"uint16",
+            "chunk_grid":{"name":"regular","configuration":{"chunk_shape":[16,16]}},
+            "chunk_key_encoding":{"name":"default"},"fill_value":7,
+            "codecs":[{"name":"sharding_indexed","configuration":{"chunk_shape":[4,4],
+              "codecs":[{"name":"bytes","configuration":{"endian":"little"}}],
+              "index_codecs":[{"name":"bytes","configuration":{"endian":"little"}},{"name":"crc32c"}],
+              "index_location":"end"}}]}"#;
+        store.put("a/x/zarr.json", Bytes::from(zarr_json), PutMode::Overwrite).await.unwrap();
+        let (mut data, mut index) = (Vec::new(), Vec::new());
+        for n in 0..16u64 {
+            if n == 5 {
+                index.extend([0xff; 16]);
+                continue;
+            }
+            let (r0, c0) = (n / 4 * 4, n % 4 * 4);
+            index.extend((data.len() as u64).to_le_bytes());
+            index.extend(32u64.to_le_bytes());
+            for r in r0..r0 + 4 {
+                for c in c0..c0 + 4 {
+                    data.extend(((r * 16 + c) as u16).to_le_bytes());
+                }
+            }
+            data.extend(std::iter::repeat_n(0xee, gap));
+        }
+        let crc = crc32c::crc32c(&index);
+        data.extend(index);
+        data.extend(crc.to_le_bytes());
+        store.put("a/x/c/0/0", Bytes::from(data), PutMode::Overwrite).await.unwrap();
+        let kv = Recording { inner: DirectoryKv::new(store, "a"), ranges: Mutex::new(Vec::new()) };
+        let array = ZarrArray::open(&kv, "x").await.unwrap();
+        (kv, array)
+    }
+
+    fn expected(region: &[Range<u64>]) -> Vec<u16> {
+        let mut out = Vec::new();
+        for r in region[0].clone() {
+            for c in region[1].clone() {
+                out.push(if (4..8).contains(&r) && (4..8).contains(&c) { 7 } else { (r * 16 + c) as u16 });
+            }
+        }
+        out
+    }
+
+    fn elements(array: &Array) -> Vec<u16> {
+        array.data().chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
+    }
+
+    fn read(missing: MissingChunks, max_bytes_in_flight: Option<u64>) -> RegionRead {
+        RegionRead { missing, max_bytes_in_flight }
+    }
+
+    #[tokio::test]
+    async fn reads_only_the_intersecting_inner_chunks_of_a_shard() {
+        let (kv, array) = sharded_array(1 << 20).await;
+        let region = [1..3, 9..14];
+        let (got, stats) = array.read_region(&kv, &region, read(MissingChunks::Error, None)).await.unwrap();
+        assert_eq!(got.shape(), [2, 5]);
+        assert_eq!(elements(&got), expected(&region));
+        // Inner chunks (0, 2) and (0, 3): the index, then two ranges too far apart to merge.
+        let ranges = kv.ranges.lock().unwrap().clone();
+        assert_eq!(ranges.len(), 3, "{ranges:?}");
+        let stride = 32 + (1 << 20);
+        assert_eq!(ranges[1].1, 2 * stride..2 * stride + 32);
+        assert_eq!(ranges[2].1, 3 * stride..3 * stride + 32);
+        assert_eq!(stats, RegionStats { bytes_fetched: 16 * 16 + 4 + 64, peak_bytes_in_flight: 64, chunks_decoded: 2 });
+    }
+
+    #[tokio::test]
+    async fn coalesces_near_ranges_and_bounds_bytes_in_flight() {
+        let (kv, array) = sharded_array(8).await;
+        // Rows 0..8 touch inner chunks 0..8 (5 missing: fill); their data is adjacent up to 8-byte gaps.
+        let region = [2..8, 0..16];
+        let (got, stats) = array.read_region(&kv, &region, read(MissingChunks::Error, None)).await.unwrap();
+        assert_eq!(elements(&got), expected(&region));
+        assert_eq!(kv.ranges.lock().unwrap().len(), 2, "index + one coalesced range");
+        assert_eq!(stats.chunks_decoded, 8);
+        // A bound of one inner chunk: one range at a time, same result.
+        kv.ranges.lock().unwrap().clear();
+        let (bounded, stats) = array.read_region(&kv, &region, read(MissingChunks::Error, Some(40))).await.unwrap();
+        assert_eq!(bounded, got);
+        assert!(stats.peak_bytes_in_flight <= 40, "{stats:?}");
+        assert_eq!(kv.ranges.lock().unwrap().len(), 1 + 7);
+    }
+
+    #[tokio::test]
+    async fn bad_regions_and_missing_shards_are_reported() {
+        let (kv, array) = sharded_array(0).await;
+        let err = array.read_region(&kv, &[0..17, 0..1], read(MissingChunks::Error, None)).await.unwrap_err();
+        assert_eq!(err.to_string(), "a/x/zarr.json: region [0..17, 0..1] is not inside the array's shape [16, 16]");
+        let err = array.read_region(&kv, &[0..1], read(MissingChunks::Error, None)).await.unwrap_err();
+        assert!(err.to_string().contains("not inside"), "{err}");
+        let (empty, _) = array.read_region(&kv, &[3..3, 0..16], read(MissingChunks::Error, None)).await.unwrap();
+        assert_eq!(empty.shape(), [0, 16]);
+        let store: Arc<dyn Storage> = Arc::new(InMemory::new());
+        let zarr_json = kv.inner.get("x/zarr.json").await.unwrap().unwrap();
+        store.put("b/x/zarr.json", zarr_json, PutMode::Overwrite).await.unwrap();
+        let kv = DirectoryKv::new(store, "b");
+        let err = array.read_region(&kv, &[0..1, 0..1], read(MissingChunks::Error, None)).await.unwrap_err();
+        assert!(matches!(err, ZarrError::MissingChunk { .. }), "{err}");
+        let (filled, _) = array.read_region(&kv, &[0..2, 0..2], read(MissingChunks::Fill, None)).await.unwrap();
+        assert_eq!(elements(&filled), [7; 4]);
     }
 }
