@@ -54,6 +54,7 @@ mod pytree;
 pub mod retention;
 mod save;
 pub mod sharded;
+pub mod slice;
 pub mod storage;
 pub mod verify;
 pub mod zarr;

@@ -285,3 +285,26 @@ async fn one_leaf_or_one_shard_of_an_ocdbt_checkpoint_reads_only_its_chunks() {
         eprintln!("{path}: metadata {metadata} bytes, one shard {} bytes, one leaf {total} bytes", stats.bytes_fetched);
     }
 }
+
+#[test]
+fn cli_cat_slice_writes_the_numpy_region() {
+    let path = fixtures().join("fixtures/v0_12_8_v1_resharding_files");
+    let cat = |slice: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_orbax"))
+            .args(["cat", path.to_str().unwrap(), "['w']", "--json", "--slice", slice])
+            .output()
+            .unwrap()
+    };
+    // w = arange(128).reshape(16, 8) / 4 (make_resharding.py).
+    let out = cat("-1, 2:4");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "[30.5,30.75]\n");
+    let out = cat("1:3,7:");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "[[3.75],[5.75]]\n");
+    let out = cat("0, 0");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "0.0\n");
+    let out = cat("0:4:2");
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("invalid_argument") && err.contains("steps are not supported"), "{err}");
+}

@@ -77,7 +77,20 @@ impl PyTreeItem {
         }
     }
 
-    /// The global shape of the array leaf at `keypath`.
+    /// The shape of the leaf at `keypath` if it is an array (not a scalar,
+    /// string or empty container).
+    pub async fn array_shape(&self, keypath: &KeyPath) -> Result<Option<Vec<u64>>> {
+        let leaf = self.leaf(keypath)?;
+        match (&leaf.source, leaf.kind) {
+            (_, super::LeafKind::Scalar) => Ok(None),
+            (Source::Zarr | Source::Inline(PyTree::Array(_)), _) => {
+                self.leaf_shape(leaf).await.map(Some).map_err(|e| e.at_leaf(keypath))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The global shape of an array leaf.
     async fn leaf_shape(&self, leaf: &LeafPlan) -> Result<Vec<u64>> {
         match &leaf.source {
             Source::Zarr => Ok(self.open_array(leaf).await?.metadata().shape.clone()),
