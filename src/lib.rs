@@ -41,6 +41,7 @@ mod error;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod interop;
 mod item;
 pub mod kvstore;
 pub mod layout;
