@@ -430,7 +430,10 @@ mod tests {
         let (kv, array) = sharded_array(0).await;
         let err = array.read_region(&kv, &[0..17, 0..1], read(MissingChunks::Error, None)).await.unwrap_err();
         assert_eq!(err.to_string(), "a/x/zarr.json: region [0..17, 0..1] is not inside the array's shape [16, 16]");
-        let err = array.read_region(&kv, &[0..1], read(MissingChunks::Error, None)).await.unwrap_err();
+        let err = array
+            .read_region(&kv, &std::iter::once(0..1).collect::<Vec<_>>(), read(MissingChunks::Error, None))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("not inside"), "{err}");
         let (empty, _) = array.read_region(&kv, &[3..3, 0..16], read(MissingChunks::Error, None)).await.unwrap();
         assert_eq!(empty.shape(), [0, 16]);
