@@ -20,7 +20,7 @@ use crate::zarr::{ArrayToBytes, BytesCodec, MetadataCache, MissingChunks, ZarrAr
 use crate::DType;
 
 mod sharded;
-pub use sharded::{LeafLayout, ShardedLoad};
+pub use sharded::{load_pytree_sharded, LayoutFn, LeafLayout, ShardedLoad};
 
 /// Leaves whose metadata is read concurrently by [`PyTreeItem::metadata`].
 const METADATA_CONCURRENCY: usize = 16;

@@ -68,7 +68,10 @@ pub use api::{
 };
 pub use dtype::{DType, ScalarValue};
 pub use error::{Error, Result};
-pub use item::{ArrayStorage, LeafInfo, LeafKind, LeafLayout, PyTreeItem, PyTreeMetadata, ShardedLoad};
+pub use item::{
+    load_pytree_sharded, ArrayStorage, LayoutFn, LeafInfo, LeafKind, LeafLayout, PyTreeItem, PyTreeMetadata,
+    ShardedLoad,
+};
 pub use orbax_storage::ErrorKind;
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};

@@ -36,6 +36,24 @@ pub enum LeafLayout {
     Regions(Vec<(i64, IndexRegion)>),
 }
 
+/// Chooses each leaf's layout from its key path and global shape (`None`:
+/// load the leaf whole).
+pub type LayoutFn<'a> = &'a (dyn Fn(&KeyPath, &[u64]) -> Option<LeafLayout> + Sync);
+
+/// Loads the PyTree at `path` (a checkpoint, the item `options.item`) with
+/// every leaf `layout` names as per-device shards for `load`'s devices; see
+/// [`PyTreeItem::load_sharded`].
+pub async fn load_pytree_sharded(
+    store: &std::sync::Arc<dyn crate::storage::Storage>,
+    path: &str,
+    options: &crate::LoadOptions,
+    layout: LayoutFn<'_>,
+    load: &ShardedLoad,
+) -> Result<PyTree> {
+    let checkpoint = crate::Checkpoint::open(store, path, options).await?;
+    checkpoint.pytree(options.item.as_deref()).await?.load_sharded(layout, load).await
+}
+
 impl PyTreeItem {
     fn leaf(&self, keypath: &KeyPath) -> Result<&LeafPlan> {
         self.by_keypath
@@ -142,11 +160,7 @@ impl PyTreeItem {
 
     /// Loads the whole tree, every array leaf for which `layout` gives a
     /// layout as per-device shards ([`PyTree::Sharded`]), other leaves whole.
-    pub async fn load_sharded(
-        &self,
-        layout: &(dyn Fn(&KeyPath, &[u64]) -> Option<LeafLayout> + Sync),
-        load: &ShardedLoad,
-    ) -> Result<PyTree> {
+    pub async fn load_sharded(&self, layout: LayoutFn<'_>, load: &ShardedLoad) -> Result<PyTree> {
         let leaves: Vec<(KeyPath, PyTree)> = futures::stream::iter(&self.leaves)
             .map(|leaf| async move {
                 let value = async {
