@@ -5,6 +5,8 @@
 
 use std::ops::Range;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::codec::{decode_chunk, fill_with, unravel};
 use super::metadata::{ArrayToBytes, Sharding};
 use super::{copy_block, MissingChunks, Region, ShardIndex, ZarrArray, ZarrError};
@@ -125,9 +127,7 @@ impl ZarrArray {
             .collect();
         match &m.codecs.array_to_bytes {
             ArrayToBytes::Sharding(s) if m.codecs.bytes_to_bytes.is_empty() => {
-                for index in &chunks {
-                    self.read_shard_part(kv, index, s, region, options, &mut out, &mut stats).await?;
-                }
+                self.read_shards(kv, &chunks, s, region, options, &mut out, &mut stats).await?
             }
             _ => self.read_whole_chunks(kv, &chunks, region, options, &mut out, &mut stats).await?,
         }
@@ -180,13 +180,15 @@ impl ZarrArray {
         Ok(())
     }
 
-    /// Reads the index of shard `index`, then only the byte ranges of its
-    /// inner chunks that intersect `region`.
+    /// Reads the shards intersecting `region`: first every shard's index
+    /// (concurrently), then only the byte ranges of the intersecting inner
+    /// chunks, coalesced per shard and fetched concurrently in waves of at
+    /// most `max_bytes_in_flight` bytes, each decoded before the next.
     #[allow(clippy::too_many_arguments)]
-    async fn read_shard_part(
+    async fn read_shards(
         &self,
         kv: &dyn KvSource,
-        index: &[u64],
+        shards: &[Vec<u64>],
         s: &Sharding,
         region: &[Range<u64>],
         options: RegionRead,
@@ -195,13 +197,97 @@ impl ZarrArray {
     ) -> Result<(), ZarrError> {
         let m = &self.metadata;
         let item = m.dtype.size();
+        let inner = &s.inner_chunk_shape;
+        let mut scratch = vec![0u8; num_elements(inner).expect("checked at parse") as usize * item];
+        let indexed: Vec<ShardPlan> = futures::stream::iter(shards)
+            .map(|index| self.plan_shard(kv, index, s, region, options.missing))
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await?;
+        // Inner chunks never written (or in shards never written) read as the fill value.
+        fill_with(&mut scratch, &m.fill_value);
+        for plan in &indexed {
+            stats.bytes_fetched += plan.index_bytes;
+            for (origin, entry) in &plan.wanted {
+                if entry.is_none() {
+                    copy_intersection(&scratch, origin, inner, region, out, item);
+                    stats.chunks_decoded += 1;
+                }
+            }
+        }
+        let mut requests: Vec<(usize, Range<u64>)> = indexed
+            .iter()
+            .enumerate()
+            .flat_map(|(p, plan)| {
+                let ranges: Vec<Range<u64>> = plan.wanted.iter().filter_map(|(_, e)| e.clone()).collect();
+                coalesce_bounded(&ranges, options.max_bytes_in_flight).into_iter().map(move |r| (p, r))
+            })
+            .collect();
+        while !requests.is_empty() {
+            let take = match options.max_bytes_in_flight {
+                Some(bound) => requests
+                    .iter()
+                    .scan(0u64, |total, (_, r)| {
+                        *total += r.end - r.start;
+                        Some(*total)
+                    })
+                    .take_while(|total| *total <= bound)
+                    .count()
+                    .max(1),
+                None => requests.len(),
+            };
+            let wave: Vec<(usize, Range<u64>)> = requests.drain(..take).collect();
+            let fetched: Vec<bytes::Bytes> = futures::stream::iter(&wave)
+                .map(|(p, range)| {
+                    let plan = &indexed[*p];
+                    async move {
+                        let vanished = || ZarrError::Corrupt {
+                            key: plan.described.clone(),
+                            what: "the value vanished while being read".into(),
+                        };
+                        kv.get_range(&plan.key, range.clone()).await?.ok_or_else(vanished)
+                    }
+                })
+                .buffered(CONCURRENT_REQUESTS)
+                .try_collect()
+                .await?;
+            let held: u64 = fetched.iter().map(|b| b.len() as u64).sum();
+            stats.bytes_fetched += held;
+            stats.peak_bytes_in_flight = stats.peak_bytes_in_flight.max(held);
+            for ((p, range), bytes) in wave.iter().zip(&fetched) {
+                let plan = &indexed[*p];
+                for (origin, entry) in &plan.wanted {
+                    let Some(chunk) = entry.as_ref().filter(|c| range.start <= c.start && c.end <= range.end) else {
+                        continue;
+                    };
+                    let at = (chunk.start - range.start) as usize..(chunk.end - range.start) as usize;
+                    decode_chunk(&plan.described, &bytes[at], &s.inner, inner, item, &m.fill_value, &mut scratch)?;
+                    copy_intersection(&scratch, origin, inner, region, out, item);
+                    stats.chunks_decoded += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the index of shard `index` and lists its inner chunks that
+    /// intersect `region`: each one's origin in the array and byte range in
+    /// the shard (`None`: never written, or the whole shard is missing and
+    /// `missing` allows it).
+    async fn plan_shard(
+        &self,
+        kv: &dyn KvSource,
+        index: &[u64],
+        s: &Sharding,
+        region: &[Range<u64>],
+        missing: MissingChunks,
+    ) -> Result<ShardPlan, ZarrError> {
+        let m = &self.metadata;
         let key = self.chunk_key(index);
         let described = kv.describe(&key);
         let corrupt = |what: String| ZarrError::Corrupt { key: described.clone(), what };
         let shard_origin: Vec<u64> = index.iter().zip(&m.chunk_shape).map(|(i, c)| i * c).collect();
         let inner = &s.inner_chunk_shape;
-        let inner_len = num_elements(inner).expect("checked at parse") as usize * item;
-        let mut scratch = vec![0u8; inner_len];
         let grid: Vec<u64> = m.chunk_shape.iter().zip(inner).map(|(c, i)| c / i).collect();
         let n = num_elements(&grid).expect("checked at parse") as usize;
         // Inner chunks intersecting the region, in shard-local coordinates.
@@ -216,24 +302,26 @@ impl ZarrArray {
             .map(|k| {
                 let at: Vec<u64> = unravel(k, &count).iter().zip(&first).map(|(i, f)| i + f).collect();
                 let flat = at.iter().zip(&grid).fold(0u64, |acc, (a, g)| acc * g + a) as usize;
-                (at, flat)
+                let origin = at.iter().zip(inner).zip(&shard_origin).map(|((a, i), o)| o + a * i).collect();
+                (origin, flat)
             })
             .collect();
-        let fill_all = |out: &mut [u8], scratch: &mut [u8], stats: &mut RegionStats| {
-            fill_with(scratch, &m.fill_value);
-            for (at, _) in &wanted {
-                let origin: Vec<u64> = at.iter().zip(inner).zip(&shard_origin).map(|((a, i), o)| o + a * i).collect();
-                copy_intersection(scratch, &origin, inner, region, out, item);
-                stats.chunks_decoded += 1;
-            }
+        let plan = |entries: Option<Vec<Option<(u64, u64)>>>, index_bytes| ShardPlan {
+            wanted: wanted
+                .iter()
+                .map(|(origin, flat)| {
+                    let range = entries.as_ref().and_then(|e| e[*flat]).map(|(o, l)| o..o + l);
+                    (origin.clone(), range)
+                })
+                .collect(),
+            key: key.clone(),
+            described: described.clone(),
+            index_bytes,
         };
         let Some(len) = kv.value_len(&key).await? else {
-            return match options.missing {
-                MissingChunks::Fill => {
-                    fill_all(out, &mut scratch, stats);
-                    Ok(())
-                }
-                MissingChunks::Error => Err(ZarrError::MissingChunk { key: described }),
+            return match missing {
+                MissingChunks::Fill => Ok(plan(None, 0)),
+                MissingChunks::Error => Err(ZarrError::MissingChunk { key: described.clone() }),
             };
         };
         let index_len = ShardIndex::encoded_len(n, s.index.crc32c) as u64;
@@ -242,57 +330,25 @@ impl ZarrArray {
         }
         let (index_range, data) =
             if s.index_at_end { (len - index_len..len, 0..len - index_len) } else { (0..index_len, index_len..len) };
-        let vanished = || corrupt("the value vanished while being read".into());
-        let index_bytes = kv.get_range(&key, index_range).await?.ok_or_else(vanished)?;
-        stats.bytes_fetched += index_bytes.len() as u64;
+        let index_bytes = kv
+            .get_range(&key, index_range)
+            .await?
+            .ok_or_else(|| corrupt("the value vanished while being read".into()))?;
         let entries = ShardIndex::parse_index(&described, &index_bytes, s, data)?.entries;
-        let ranges: Vec<Range<u64>> =
-            wanted.iter().filter_map(|(_, flat)| entries[*flat].map(|(o, l)| o..o + l)).collect();
-        let mut groups = coalesce_bounded(&ranges, options.max_bytes_in_flight);
-        let place = |scratch: &[u8], at: &[u64], out: &mut [u8]| {
-            let origin: Vec<u64> = at.iter().zip(inner).zip(&shard_origin).map(|((a, i), o)| o + a * i).collect();
-            copy_intersection(scratch, &origin, inner, region, out, item);
-        };
-        while !groups.is_empty() {
-            let take = match options.max_bytes_in_flight {
-                Some(bound) => groups
-                    .iter()
-                    .scan(0u64, |total, g| {
-                        *total += g.end - g.start;
-                        Some(*total)
-                    })
-                    .take_while(|total| *total <= bound)
-                    .count()
-                    .max(1),
-                None => groups.len(),
-            };
-            let now: Vec<Range<u64>> = groups.drain(..take).collect();
-            let fetched = futures::future::try_join_all(now.iter().map(|g| kv.get_range(&key, g.clone()))).await?;
-            let fetched: Vec<bytes::Bytes> =
-                fetched.into_iter().map(|b| b.ok_or_else(vanished)).collect::<Result<_, _>>()?;
-            let held: u64 = fetched.iter().map(|b| b.len() as u64).sum();
-            stats.bytes_fetched += held;
-            stats.peak_bytes_in_flight = stats.peak_bytes_in_flight.max(held);
-            for (at, flat) in &wanted {
-                let Some((offset, length)) = entries[*flat] else { continue };
-                let Some(g) = now.iter().position(|g| g.start <= offset && offset + length <= g.end) else { continue };
-                let start = (offset - now[g].start) as usize;
-                let bytes = &fetched[g][start..start + length as usize];
-                decode_chunk(&described, bytes, &s.inner, inner, item, &m.fill_value, &mut scratch)?;
-                place(&scratch, at, out);
-                stats.chunks_decoded += 1;
-            }
-        }
-        // Inner chunks never written read as the fill value.
-        fill_with(&mut scratch, &m.fill_value);
-        for (at, flat) in &wanted {
-            if entries[*flat].is_none() {
-                place(&scratch, at, out);
-                stats.chunks_decoded += 1;
-            }
-        }
-        Ok(())
+        Ok(plan(Some(entries), index_bytes.len() as u64))
     }
+}
+
+/// Shard indices, and byte ranges, requested at once.
+const CONCURRENT_REQUESTS: usize = 32;
+
+/// The inner chunks of one shard that a region read needs.
+struct ShardPlan {
+    /// Each chunk's origin in the array and byte range in the shard (`None`: fill).
+    wanted: Vec<(Vec<u64>, Option<Range<u64>>)>,
+    key: String,
+    described: String,
+    index_bytes: u64,
 }
 
 #[cfg(test)]
