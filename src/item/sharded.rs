@@ -21,8 +21,10 @@ use crate::zarr::{RegionRead, RegionStats};
 pub struct ShardedLoad {
     /// Device ids to load shards for (`None`: every device of the sharding).
     pub devices: Option<Vec<i64>>,
-    /// Bound on fetched-but-undecoded bytes per leaf read, like Orbax's
-    /// `read_concurrent_bytes` (`None`: unbounded).
+    /// Bound on fetched-but-undecoded bytes of each region read, like
+    /// Orbax's `read_concurrent_bytes` (`None`: unbounded). Regions are read
+    /// one at a time per leaf, but [`PyTreeItem::load_sharded`] loads several
+    /// leaves at once, so its total is a small multiple of the bound.
     pub max_bytes_in_flight: Option<u64>,
 }
 
