@@ -245,7 +245,14 @@ impl ZarrArray {
                             key: plan.described.clone(),
                             what: "the value vanished while being read".into(),
                         };
-                        kv.get_range(&plan.key, range.clone()).await?.ok_or_else(vanished)
+                        let bytes = kv.get_range(&plan.key, range.clone()).await?.ok_or_else(vanished)?;
+                        if bytes.len() as u64 != range.end - range.start {
+                            return Err(ZarrError::Corrupt {
+                                key: plan.described.clone(),
+                                what: format!("read {} bytes of the {range:?} its index names", bytes.len()),
+                            });
+                        }
+                        Ok(bytes)
                     }
                 })
                 .buffered(CONCURRENT_REQUESTS)
@@ -334,6 +341,9 @@ impl ZarrArray {
             .get_range(&key, index_range)
             .await?
             .ok_or_else(|| corrupt("the value vanished while being read".into()))?;
+        if index_bytes.len() as u64 != index_len {
+            return Err(corrupt(format!("read {} bytes of its {index_len}-byte index", index_bytes.len())));
+        }
         let entries = ShardIndex::parse_index(&described, &index_bytes, s, data)?.entries;
         Ok(plan(Some(entries), index_bytes.len() as u64))
     }
@@ -395,7 +405,7 @@ mod tests {
     /// A 16x16 uint16 array (element = row * 16 + column) stored as one zarr3
     /// shard of 4x4 inner chunks (raw bytes, index at the end with crc32c),
     /// each inner chunk padded by `gap` junk bytes; inner chunk 5 is missing.
-    async fn sharded_array(gap: usize) -> (Recording, ZarrArray) {
+    async fn sharded_array(gap: usize) -> (Recording, ZarrArray, Arc<dyn Storage>) {
         let store: Arc<dyn Storage> = Arc::new(InMemory::new());
         let zarr_json = r#"{"zarr_format":3,"node_type":"array","shape":[16,16],"data_type":"uint16",
             "chunk_grid":{"name":"regular","configuration":{"chunk_shape":[16,16]}},
@@ -425,9 +435,9 @@ mod tests {
         data.extend(index);
         data.extend(crc.to_le_bytes());
         store.put("a/x/c/0/0", Bytes::from(data), PutMode::Overwrite).await.unwrap();
-        let kv = Recording { inner: DirectoryKv::new(store, "a"), ranges: Mutex::new(Vec::new()) };
+        let kv = Recording { inner: DirectoryKv::new(store.clone(), "a"), ranges: Mutex::new(Vec::new()) };
         let array = ZarrArray::open(&kv, "x").await.unwrap();
-        (kv, array)
+        (kv, array, store)
     }
 
     fn expected(region: &[Range<u64>]) -> Vec<u16> {
@@ -450,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_only_the_intersecting_inner_chunks_of_a_shard() {
-        let (kv, array) = sharded_array(1 << 20).await;
+        let (kv, array, _) = sharded_array(1 << 20).await;
         let region = [1..3, 9..14];
         let (got, stats) = array.read_region(&kv, &region, read(MissingChunks::Error, None)).await.unwrap();
         assert_eq!(got.shape(), [2, 5]);
@@ -466,7 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn coalesces_near_ranges_and_bounds_bytes_in_flight() {
-        let (kv, array) = sharded_array(8).await;
+        let (kv, array, _) = sharded_array(8).await;
         // Rows 0..8 touch inner chunks 0..8 (5 missing: fill); their data is adjacent up to 8-byte gaps.
         let region = [2..8, 0..16];
         let (got, stats) = array.read_region(&kv, &region, read(MissingChunks::Error, None)).await.unwrap();
@@ -483,7 +493,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_regions_and_missing_shards_are_reported() {
-        let (kv, array) = sharded_array(0).await;
+        let (kv, array, _) = sharded_array(0).await;
         let err = array.read_region(&kv, &[0..17, 0..1], read(MissingChunks::Error, None)).await.unwrap_err();
         assert_eq!(err.to_string(), "a/x/zarr.json: region [0..17, 0..1] is not inside the array's shape [16, 16]");
         let err = array
@@ -501,5 +511,34 @@ mod tests {
         assert!(matches!(err, ZarrError::MissingChunk { .. }), "{err}");
         let (filled, _) = array.read_region(&kv, &[0..2, 0..2], read(MissingChunks::Fill, None)).await.unwrap();
         assert_eq!(elements(&filled), [7; 4]);
+    }
+
+    #[tokio::test]
+    async fn corrupt_shards_are_errors_not_panics() {
+        let (kv, array, store) = sharded_array(0).await;
+        let good = store.get("a/x/c/0/0").await.unwrap();
+        let all = [0..16, 0..16];
+        let whole = |missing| read(missing, None);
+        // A flipped index byte fails the crc32c.
+        let mut bad = good.to_vec();
+        let at = bad.len() - 10;
+        bad[at] ^= 1;
+        store.put("a/x/c/0/0", Bytes::from(bad), PutMode::Overwrite).await.unwrap();
+        let err = array.read_region(&kv, &all, whole(MissingChunks::Error)).await.unwrap_err();
+        assert!(matches!(err, ZarrError::Checksum { .. }), "{err}");
+        // A shard shorter than its index.
+        store.put("a/x/c/0/0", good.slice(..100), PutMode::Overwrite).await.unwrap();
+        let err = array.read_region(&kv, &all, whole(MissingChunks::Error)).await.unwrap_err();
+        assert!(err.to_string().contains("shorter than its 260-byte index"), "{err}");
+        // Index entries pointing past the data.
+        let mut bad = good.to_vec();
+        let index_at = bad.len() - 260;
+        bad[index_at..index_at + 8].copy_from_slice(&10_000u64.to_le_bytes());
+        let crc = crc32c::crc32c(&bad[index_at..bad.len() - 4]);
+        let n = bad.len();
+        bad[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        store.put("a/x/c/0/0", Bytes::from(bad), PutMode::Overwrite).await.unwrap();
+        let err = array.read_region(&kv, &all, whole(MissingChunks::Error)).await.unwrap_err();
+        assert!(err.to_string().contains("lies outside the shard's data"), "{err}");
     }
 }
