@@ -350,3 +350,21 @@ async fn saved_shardings_and_arbitrary_regions_match_the_plain_load() {
         }
     }
 }
+
+#[tokio::test]
+async fn explicit_index_domain_regions_per_device() {
+    let store: Arc<dyn Storage> = Arc::new(LocalFileSystem::new(fixtures().join("fixtures")));
+    let item = open(&store, "v0_12_8_v1_resharding_ocdbt").await;
+    let PyTree::Array(whole) = item.load_leaf_at(&key("w")).await.unwrap() else { panic!("w is an array") };
+    let regions = vec![(4, vec![0..5, 1..3]), (9, vec![5..16, 0..8]), (2, vec![0..5, 1..3])];
+    let layout = LeafLayout::Regions(regions.clone());
+    let PyTree::Sharded(loaded) = item.load_leaf_sharded(&key("w"), &layout, &ShardedLoad::default()).await.unwrap()
+    else {
+        panic!("not sharded")
+    };
+    assert_eq!(loaded, orbax::sharded::ShardedArray::from_array(&whole, None, &regions).unwrap());
+    assert!(loaded.sharding().is_none());
+    let outside = LeafLayout::Regions(vec![(0, vec![0..17, 0..8])]);
+    let err = item.load_leaf_sharded(&key("w"), &outside, &ShardedLoad::default()).await.unwrap_err().to_string();
+    assert!(err.contains("['w']") && err.contains("not inside the array's shape [16, 8]"), "{err}");
+}
