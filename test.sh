@@ -22,6 +22,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== unit, integration and conformance tests (reader tests use the committed corpus, no Python)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+cargo clippy --lib --features ndarray --quiet -- -D warnings
+cargo test --lib --features ndarray interop::
 
 echo "== writer conformance: real Orbax 0.12.8 loads what we write, byte-identical metadata"
 conformance/writer/run.sh

@@ -19,6 +19,9 @@ use crate::storage::{join_key, Storage, StorageError};
 use crate::zarr::{ArrayToBytes, BytesCodec, MetadataCache, MissingChunks, ZarrArray};
 use crate::DType;
 
+mod sharded;
+pub use sharded::{load_pytree_sharded, LayoutFn, LeafLayout, ShardedLoad};
+
 /// Leaves whose metadata is read concurrently by [`PyTreeItem::metadata`].
 const METADATA_CONCURRENCY: usize = 16;
 

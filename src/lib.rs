@@ -44,6 +44,7 @@ mod error;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod interop;
 mod item;
 pub mod kvstore;
 pub mod layout;
@@ -56,6 +57,7 @@ mod python_repr;
 mod pytree;
 mod save;
 pub mod sharded;
+pub mod slice;
 pub mod storage;
 pub mod training;
 pub mod verify;
@@ -69,7 +71,10 @@ pub use api::{
 };
 pub use dtype::{DType, ScalarValue};
 pub use error::{Error, Result};
-pub use item::{ArrayStorage, LeafInfo, LeafKind, PyTreeItem, PyTreeMetadata};
+pub use item::{
+    load_pytree_sharded, ArrayStorage, LayoutFn, LeafInfo, LeafKind, LeafLayout, PyTreeItem, PyTreeMetadata,
+    ShardedLoad,
+};
 pub use orbax_storage::ErrorKind;
 pub use python_repr::{parse_keystr, parse_str_tuple, repr_str, repr_str_tuple};
 pub use pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};

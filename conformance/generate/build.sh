@@ -60,6 +60,8 @@ if [ -f make_multiprocess.py ] && [[ " ${VERSIONS[*]} " == *" $NEWEST "* ]]; the
   echo "== 2-process save ($NEWEST)"
   "${PY[$NEWEST]}" make_multiprocess.py || echo "!! 2-process fixture failed (skipped)"
 fi
+echo "== resharding fixtures ($NEWEST: 8-way save, Orbax's own 2x4-mesh restore as expected output)"
+"${PY[$NEWEST]}" make_resharding.py
 echo "== bad/ fixtures"
 "${PY[$NEWEST]}" make_bad.py
 rm -rf "$CONF/.tmp_dtypes" "$CONF/.tmp_probe"

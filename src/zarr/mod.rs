@@ -12,6 +12,7 @@
 mod codec;
 mod encode;
 mod metadata;
+mod region;
 
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -26,6 +27,7 @@ pub use metadata::{
     parse_v2_dtype, ArrayMetadata, ArrayToBytes, BytesCodec, ChunkKeyEncoding, CodecChain, ShardIndexCodecs, Sharding,
     MAX_RANK,
 };
+pub use region::{RegionRead, RegionStats, COALESCE_GAP_BYTES};
 
 /// Errors of the zarr layer. Each names the metadata file or chunk key.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,14 @@ pub enum ZarrError {
         /// Bytes found.
         found: u64,
     },
+    /// A requested region that does not fit the array.
+    #[error("{file}: {what}")]
+    Region {
+        /// The array's metadata file.
+        file: String,
+        /// What is wrong with the region.
+        what: String,
+    },
     /// A chunk that must exist is missing.
     #[error("{key}: chunk is missing, and the checkpoint says every chunk was stored")]
     MissingChunk {
@@ -111,6 +121,7 @@ impl ZarrError {
             ZarrError::Metadata { .. } | ZarrError::Corrupt { .. } | ZarrError::ChunkSize { .. } => ErrorKind::Corrupt,
             ZarrError::Unsupported { .. } => ErrorKind::Unsupported,
             ZarrError::Limit { .. } => ErrorKind::Limit,
+            ZarrError::Region { .. } => ErrorKind::InvalidArgument,
             ZarrError::Checksum { .. } => ErrorKind::Checksum,
         }
     }

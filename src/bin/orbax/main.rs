@@ -15,7 +15,7 @@ use orbax::location::LocationOptions;
 use orbax::storage::Storage;
 use orbax::training::preservation::{AnyPreservation, EveryNSteps, LatestN};
 use orbax::training::{self, CheckpointInfo, PreservationPolicy};
-use orbax::{blocking::block_on, Checkpoint, Error, LoadOptions};
+use orbax::{blocking::block_on, Array, Checkpoint, Error, LoadOptions, PyTree};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -141,6 +141,10 @@ enum Command {
         /// As JSON (nested lists for arrays).
         #[arg(long, group = "format")]
         json: bool,
+        /// Only this numpy-style region of an array leaf, e.g. "0:8,:" (per dimension `a:b`, `a:`, `:b`, `:` or
+        /// an index `a`, which drops the dimension); reads only the chunks it needs.
+        #[arg(long, allow_hyphen_values = true)]
+        slice: Option<String>,
     },
     /// Write the whole tree to a .safetensors or .npz file (tensor names: keys joined with '.').
     Export {
@@ -334,7 +338,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             out.write_all(text.as_bytes()).map_err(io)?;
         }
-        Command::Cat { open, keypath, item, npy, raw, json } => {
+        Command::Cat { open, keypath, item, npy, raw, json, slice } => {
             let (store, key) = open_url(&open.path)?;
             let path = parse_keypath(&keypath).map_err(Error::InvalidArgument)?;
             let checkpoint = block_on(Checkpoint::open(&store, &key, &options(&open, item.clone())))?;
@@ -342,7 +346,20 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let target = pytree.keypaths().find(|k| same_keypath(k, &path)).cloned().ok_or_else(|| {
                 Error::InvalidArgument(format!("no leaf {path} in {} (try `orbax inspect`)", pytree.path()))
             })?;
-            let leaf = block_on(pytree.load_leaf_at(&target))?;
+            let leaf = match slice {
+                None => block_on(pytree.load_leaf_at(&target))?,
+                Some(spec) => {
+                    let shape = match block_on(pytree.array_shape(&target))? {
+                        Some(shape) => shape,
+                        None => return Err(Error::InvalidArgument(format!("--slice: leaf {path} is not an array"))),
+                    };
+                    let slice = orbax::slice::parse_slice(&spec, &shape).map_err(Error::InvalidArgument)?;
+                    let (part, _) = block_on(pytree.read_region(&target, &slice.region, None))?;
+                    let part =
+                        Array::new(part.dtype(), slice.shape, part.into_data()).map_err(Error::InvalidArgument)?;
+                    PyTree::Array(part)
+                }
+            };
             let bytes = if npy {
                 format::leaf_npy(&leaf)?
             } else if raw {
