@@ -55,6 +55,7 @@ pub mod retention;
 mod save;
 pub mod sharded;
 pub mod storage;
+pub mod target;
 pub mod verify;
 pub mod zarr;
 
@@ -74,3 +75,4 @@ pub use save::{
     save_checkpointables, save_pytree, ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions,
     StorageOptionsFn,
 };
+pub use target::{ArrayTarget, LeafTarget, Target};

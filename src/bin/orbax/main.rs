@@ -218,7 +218,7 @@ fn terminal_progress() -> Option<orbax::ProgressFn> {
 }
 
 fn options(open: &Open, item: Option<String>) -> LoadOptions {
-    LoadOptions { item, allow_uncommitted: open.allow_uncommitted }
+    LoadOptions { item, allow_uncommitted: open.allow_uncommitted, ..Default::default() }
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
