@@ -193,7 +193,10 @@ fn shape_repr(shape: &[u64]) -> String {
 
 fn list_keys(out: &mut String, keys: &[&KeyPath], what: &str) {
     for key in keys.iter().take(MAX_LISTED_KEYS) {
-        out.push_str(&format!("\n  {}: {what}", if key.entries().is_empty() { "<root>".into() } else { key.to_string() }));
+        out.push_str(&format!(
+            "\n  {}: {what}",
+            if key.entries().is_empty() { "<root>".into() } else { key.to_string() }
+        ));
     }
     if keys.len() > MAX_LISTED_KEYS {
         out.push_str(&format!("\n  ... and {} more {what}", keys.len() - MAX_LISTED_KEYS));
@@ -351,8 +354,8 @@ pub fn pad_or_truncate(array: &Array, shape: &[u64]) -> Result<Array> {
 /// `devices_indices_map` order. (Region reads that fetch only each
 /// device's chunks replace the whole-array read behind this function.)
 pub fn load_sharded_leaf(array: Array, sharding: &Sharding) -> Result<PyTree> {
-    let regions = device_regions(sharding, array.shape())
-        .map_err(|e| Error::InvalidArgument(format!("target sharding: {e}")))?;
+    let regions =
+        device_regions(sharding, array.shape()).map_err(|e| Error::InvalidArgument(format!("target sharding: {e}")))?;
     let sharded = ShardedArray::from_array(&array, Some(sharding.clone()), &regions)
         .map_err(|e| Error::InvalidArgument(format!("target sharding: {e}")))?;
     Ok(PyTree::Sharded(sharded))
