@@ -122,6 +122,59 @@ impl Target {
     pub fn with_dtype(self, dtype: DType) -> Target {
         self.map_arrays(|_, a| LeafTarget::Array(ArrayTarget { dtype, ..a }))
     }
+
+    /// The same target with every array leaf loaded whole (no sharding).
+    pub fn unsharded(self) -> Target {
+        self.map_arrays(|_, a| LeafTarget::Array(ArrayTarget { sharding: None, ..a }))
+    }
+
+    /// Keeps only the leaves whose JAX keystr (`['params']['w']`) matches
+    /// one of `globs` (`*`: any run of characters, `?`: one character;
+    /// everything else literal); load the result with `partial_load`.
+    pub fn filter_keys<S: AsRef<str>>(mut self, globs: &[S]) -> Target {
+        self.leaves.retain(|(k, _)| {
+            let keystr = k.to_string();
+            globs.iter().any(|g| glob_match(g.as_ref(), &keystr))
+        });
+        self
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters and `?` any one character (iterative, linear backtracking).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// A leaf converted to `dtype` with numpy `astype` semantics (arrays and
+/// scalars; other leaves cannot be cast).
+pub fn cast_leaf(leaf: PyTree, dtype: DType) -> Result<PyTree> {
+    match leaf {
+        PyTree::Array(array) => Ok(PyTree::Array(cast_array(&array, dtype))),
+        PyTree::Scalar(scalar) => {
+            let bytes = cast_scalar(scalar.value(), dtype);
+            Ok(PyTree::Scalar(Scalar::from_bytes(dtype, bytes).map_err(Error::InvalidArgument)?))
+        }
+        other => Err(Error::InvalidArgument(format!("cannot cast a {} to {dtype}", other.kind_name()))),
+    }
 }
 
 fn is_prefix(prefix: &KeyPath, path: &KeyPath) -> bool {
@@ -308,8 +361,7 @@ fn conform(saved: PyTree, leaf: &LeafTarget, options: TargetOptions) -> Result<P
                     shape_repr(&target.shape)
                 )));
             }
-            let bytes = cast_scalar(scalar.value(), target.dtype);
-            Ok(PyTree::Scalar(Scalar::from_bytes(target.dtype, bytes).map_err(Error::InvalidArgument)?))
+            cast_leaf(PyTree::Scalar(scalar), target.dtype)
         }
         other => Err(Error::InvalidArgument(format!(
             "the target asks for an array of shape {} and dtype {}, but the checkpoint holds a {}",
