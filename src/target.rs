@@ -412,3 +412,55 @@ pub fn load_sharded_leaf(array: Array, sharding: &Sharding) -> Result<PyTree> {
         .map_err(|e| Error::InvalidArgument(format!("target sharding: {e}")))?;
     Ok(PyTree::Sharded(sharded))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> KeyPath {
+        KeyPath::parse_keystr(s).unwrap()
+    }
+
+    #[test]
+    fn globs_match_keystrs() {
+        assert!(glob_match("['params']*", "['params']['w']"));
+        assert!(glob_match("*['w']", "['params']['w']"));
+        assert!(glob_match("['opt_state'][?]", "['opt_state'][1]"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "axxbyybc"));
+        assert!(!glob_match("['params']", "['params']['w']"));
+        assert!(!glob_match("['opt_state'][?]", "['opt_state'][10]"));
+        assert!(!glob_match("a*b*c", "axxcyyb"));
+    }
+
+    #[test]
+    fn skip_replaces_a_subtree_by_one_placeholder_in_place() {
+        let leaves = ["['a']", "['b'][0]", "['b'][1]", "['c']"].map(|k| (key(k), LeafTarget::AsSaved));
+        let target = Target::new(leaves).skip(&key("['b']"));
+        let keys: Vec<String> = target.leaves().iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(keys, ["['a']", "['b']", "['c']"]);
+        assert_eq!(target.get(&key("['b']")), Some(&LeafTarget::Placeholder));
+    }
+
+    #[test]
+    fn filter_and_dtype_apply_to_matching_array_leaves() {
+        let array = |dtype| LeafTarget::Array(ArrayTarget { shape: vec![2], dtype, sharding: None });
+        let target = Target::new([
+            (key("['p']['w']"), array(DType::Float32)),
+            (key("['p']['name']"), LeafTarget::AsSaved),
+            (key("['opt']"), array(DType::Float32)),
+        ])
+        .filter_keys(&["['p']*"])
+        .with_dtype(DType::BFloat16);
+        assert_eq!(
+            target.leaves(),
+            &[(key("['p']['w']"), array(DType::BFloat16)), (key("['p']['name']"), LeafTarget::AsSaved)]
+        );
+    }
+
+    #[test]
+    fn cast_leaf_refuses_non_numeric_leaves() {
+        let err = cast_leaf(PyTree::String("x".into()), DType::Int8).unwrap_err().to_string();
+        assert_eq!(err, "cannot cast a string to int8");
+    }
+}

@@ -235,3 +235,44 @@ fn pad_or_truncate_works_per_dimension() {
     let err = pad_or_truncate(&a, &[6]).unwrap_err().to_string();
     assert!(err.contains("(6,)") && err.contains("(2, 3)") && err.contains("rank"), "{err}");
 }
+
+#[test]
+fn every_dtype_converts_to_every_dtype_on_load() {
+    let store: Arc<dyn Storage> =
+        Arc::new(LocalFileSystem::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/fixtures")));
+    let path = "v0_12_8_v1_dtypes_zarr3";
+    let saved = blocking::load_pytree(&store, path, &LoadOptions::default()).unwrap();
+    let metadata = Target::from(blocking::pytree_metadata(&store, path, &LoadOptions::default()).unwrap());
+    let saved_dtypes: std::collections::HashSet<DType> = saved
+        .leaves()
+        .iter()
+        .filter_map(|(_, l)| if let PyTree::Array(a) = l { Some(a.dtype()) } else { None })
+        .collect();
+    assert!(saved_dtypes.len() >= 15, "the fixture holds only {saved_dtypes:?}");
+    for &to in DType::ALL {
+        let options = LoadOptions { target: Some(metadata.clone().unsharded().with_dtype(to)), ..Default::default() };
+        let loaded = blocking::load_pytree(&store, path, &options).unwrap();
+        for ((keypath, want), (_, got)) in saved.leaves().into_iter().zip(loaded.leaves()) {
+            if let PyTree::Array(want) = want {
+                assert_eq!(got, &PyTree::Array(orbax::cast::cast_array(want, to)), "{keypath} to {to}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_impossible_target_sharding_names_the_leaf() {
+    use orbax::metadata::{PartitionSpecEntry, Sharding};
+    let bad = Sharding::Named {
+        mesh_shape: vec![8],
+        axis_names: vec!["x".into()],
+        axis_types: None,
+        partition_spec: vec![PartitionSpecEntry::Axis("x".into()), PartitionSpecEntry::Axis("x".into())],
+        device_ids: vec![],
+        memory_kind: None,
+    };
+    let target =
+        guide_metadata().map_arrays(|_, a| LeafTarget::Array(ArrayTarget { sharding: Some(bad.clone()), ..a }));
+    let err = load("guide", target, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("['a']") && err.contains("target sharding"), "{err}");
+}
