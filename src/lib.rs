@@ -14,7 +14,8 @@
 //! * the PyTree API: reading ([`pytree_metadata`], [`load_pytree`],
 //!   [`checkpointables_metadata`], [`load_checkpointables`]), writing
 //!   ([`save_pytree`], [`save_checkpointables`]) and [`blocking`] for callers
-//!   without an async runtime.
+//!   without an async runtime; [`target`]: loading with a target (shape,
+//!   dtype, sharding, placeholders, partial loads).
 //! * around it: [`inspect`] (the CLI protocol document), [`export`] /
 //!   [`import`] (safetensors, npz), [`verify`], [`cast`] and [`chunking`]
 //!   (numpy casting and Orbax's chunk-shape rule).

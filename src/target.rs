@@ -21,7 +21,7 @@
 //! * a target sharding gives a [`PyTree::Sharded`] leaf with one shard per
 //!   device of the sharding ([`load_sharded_leaf`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -29,7 +29,7 @@ use crate::cast::{cast_array, cast_scalar};
 use crate::error::{Error, Result};
 use crate::item::{LeafKind, PyTreeItem, PyTreeMetadata};
 use crate::metadata::{unflatten, Sharding};
-use crate::pytree::{num_elements, Array, KeyPath, PyTree, Scalar};
+use crate::pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
 use crate::sharded::{device_regions, ShardedArray};
 use crate::storage::join_key;
 use crate::zarr::{copy_block, Region};
@@ -266,35 +266,37 @@ enum Plan<'a> {
 /// Matches the target against the checkpoint's key paths.
 fn plan<'a>(item: &'a PyTreeItem, target: &'a Target, options: TargetOptions) -> Result<Vec<Plan<'a>>> {
     let saved: Vec<&KeyPath> = item.keypaths().collect();
-    let saved_set: HashSet<&KeyPath> = saved.iter().copied().collect();
-    let placeholders: Vec<&KeyPath> =
-        target.leaves.iter().filter(|(_, t)| *t == LeafTarget::Placeholder).map(|(k, _)| k).collect();
-    let exact: std::collections::HashMap<&KeyPath, &LeafTarget> = target.leaves.iter().map(|(k, t)| (k, t)).collect();
+    let saved_leaves: HashSet<&KeyPath> = saved.iter().copied().collect();
+    // Every saved leaf and every node above one.
+    let saved_nodes: HashSet<&[KeyEntry]> =
+        saved.iter().flat_map(|k| (0..=k.entries().len()).map(move |n| &k.entries()[..n])).collect();
+    let by_key: HashMap<&[KeyEntry], (&KeyPath, &LeafTarget)> =
+        target.leaves.iter().map(|(k, t)| (k.entries(), (k, t))).collect();
 
     let not_saved: Vec<&KeyPath> = target
         .leaves
         .iter()
+        .filter(|(k, t)| match t {
+            // A placeholder may stand for a whole subtree.
+            LeafTarget::Placeholder => !saved_nodes.contains(k.entries()),
+            _ => !saved_leaves.contains(k),
+        })
         .map(|(k, _)| k)
-        .filter(|k| !saved_set.contains(k) && !(placeholders.contains(k) && saved.iter().any(|s| is_prefix(k, s))))
         .collect();
     let mut plans = Vec::new();
     let mut not_targeted = Vec::new();
     let mut skipped: HashSet<&KeyPath> = HashSet::new();
-    for keypath in &saved {
-        if let Some(leaf) = exact.get(keypath) {
-            match leaf {
-                LeafTarget::Placeholder => {
-                    skipped.insert(keypath);
-                    plans.push(Plan::Skip(keypath));
+    for &keypath in &saved {
+        // The target of this leaf, or of the nearest node above it.
+        let found = (0..=keypath.entries().len()).rev().find_map(|n| by_key.get(&keypath.entries()[..n]));
+        match found {
+            Some((k, LeafTarget::Placeholder)) => {
+                if skipped.insert(k) {
+                    plans.push(Plan::Skip(k));
                 }
-                _ => plans.push(Plan::Load(keypath, leaf)),
             }
-        } else if let Some(prefix) = placeholders.iter().find(|p| is_prefix(p, keypath)) {
-            if skipped.insert(prefix) {
-                plans.push(Plan::Skip(prefix));
-            }
-        } else {
-            not_targeted.push(*keypath);
+            Some((k, leaf)) if *k == keypath => plans.push(Plan::Load(keypath, leaf)),
+            _ => not_targeted.push(keypath),
         }
     }
     let missing_from_target = !options.partial_load && !not_targeted.is_empty();

@@ -71,7 +71,7 @@ fn metadata_as_target_loads_each_device_shard() {
     // The saved sharding (8 devices on dim 0) is the target's: one 2-element shard per device.
     let PyTree::Sharded(a) = loaded.get(&key("['a']")).unwrap() else { panic!("['a'] is not sharded") };
     let regions: Vec<_> = a.shards().iter().map(|s| (s.device, s.region.clone())).collect();
-    assert_eq!(regions, (0..8).map(|d| (d, vec![2 * d as u64..2 * d as u64 + 2])).collect::<Vec<_>>());
+    assert_eq!(regions, (0..8u64).map(|d| (d as i64, [2 * d..2 * d + 2].to_vec())).collect::<Vec<_>>());
 }
 
 #[test]
