@@ -277,3 +277,14 @@ fn an_impossible_target_sharding_names_the_leaf() {
     let err = load("guide", target, |_| {}).unwrap_err().to_string();
     assert!(err.contains("['a']") && err.contains("target sharding"), "{err}");
 }
+
+#[test]
+fn casts_to_small_floats_bool_and_complex_match_orbax() {
+    let casts = expected("casts");
+    for (name, want) in casts.as_object().unwrap() {
+        let dtype = DType::from_name(name).unwrap();
+        let loaded = load("guide", guide_metadata().with_dtype(dtype), |_| {}).unwrap();
+        assert_eq!(&tree_json(&loaded), want, "{name}");
+    }
+    assert!(casts.as_object().unwrap().len() >= 6);
+}

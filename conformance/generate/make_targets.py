@@ -60,6 +60,12 @@ def main():
   expected["cast_int16"] = tree_json(ocp.load_pytree(guide, cast))
   cast_bf16 = jax.tree_util.tree_map(lambda x: x.update(dtype=jax.numpy.bfloat16), abstract)
   expected["cast_bfloat16"] = tree_json(ocp.load_pytree(guide, cast_bf16))
+  # More casts, each a numpy astype on the host after reading (serialization._read_shard).
+  expected["casts"] = {}
+  for name in ["float16", "int8", "bool", "complex64", "float8_e4m3fn", "float8_e5m2"]:
+    dtype = jax.numpy.dtype(name)
+    target = jax.tree_util.tree_map(lambda x, d=dtype: x.update(dtype=d), abstract)
+    expected["casts"][name] = tree_json(ocp.load_pytree(guide, target))
   different = {
       "a": jax.ShapeDtypeStruct(shape=(8,), dtype=abstract["a"].dtype, sharding=abstract["a"].sharding),
       "b": jax.ShapeDtypeStruct(shape=(32,), dtype=abstract["b"].dtype, sharding=abstract["b"].sharding),
