@@ -350,7 +350,7 @@ fn conform(saved: PyTree, leaf: &LeafTarget, options: TargetOptions) -> Result<P
                     shape_repr(array.shape())
                 )));
             };
-            let array = cast_array(&array, target.dtype);
+            let array = if array.dtype() == target.dtype { array } else { cast_array(&array, target.dtype) };
             match &target.sharding {
                 Some(sharding) => load_sharded_leaf(array, sharding),
                 None => Ok(PyTree::Array(array)),
