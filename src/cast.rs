@@ -147,41 +147,50 @@ fn encode_minifloat(dtype: DType, x: f64) -> u8 {
 
 /// One element of `to` from a value.
 pub fn cast_scalar(v: ScalarValue, to: DType) -> Vec<u8> {
+    let mut out = Vec::with_capacity(to.size());
+    cast_scalar_into(v, to, &mut out);
+    out
+}
+
+/// Appends one element of `to` from a value to `out` (no allocation per element).
+fn cast_scalar_into(v: ScalarValue, to: DType, out: &mut Vec<u8>) {
     let wrap = as_wrapping_i64(v);
     match to {
-        DType::Bool => vec![match v {
+        DType::Bool => out.push(match v {
             ScalarValue::Complex(re, im) => (re != 0.0 || im != 0.0) as u8,
             other => (as_f64(other) != 0.0 || matches!(other, ScalarValue::Int(i) if i != 0)) as u8,
-        }],
-        DType::Int8 => (wrap as i8).to_le_bytes().to_vec(),
-        DType::Int16 => (wrap as i16).to_le_bytes().to_vec(),
-        DType::Int32 => (wrap as i32).to_le_bytes().to_vec(),
-        DType::Int64 => wrap.to_le_bytes().to_vec(),
-        DType::UInt8 => (wrap as u8).to_le_bytes().to_vec(),
-        DType::UInt16 => (wrap as u16).to_le_bytes().to_vec(),
-        DType::UInt32 => (wrap as u32).to_le_bytes().to_vec(),
-        DType::UInt64 => (wrap as u64).to_le_bytes().to_vec(),
-        DType::Int4 => vec![(((wrap as u8) << 4) as i8 >> 4) as u8],
-        DType::Int2 => vec![(((wrap as u8) << 6) as i8 >> 6) as u8],
-        DType::Float16 => half::f16::from_f64(as_f64(v)).to_le_bytes().to_vec(),
-        DType::BFloat16 => half::bf16::from_f32(as_f32(v)).to_le_bytes().to_vec(),
-        DType::Float32 => as_f32(v).to_le_bytes().to_vec(),
-        DType::Float64 => as_f64(v).to_le_bytes().to_vec(),
+        }),
+        DType::Int8 => out.extend_from_slice(&(wrap as i8).to_le_bytes()),
+        DType::Int16 => out.extend_from_slice(&(wrap as i16).to_le_bytes()),
+        DType::Int32 => out.extend_from_slice(&(wrap as i32).to_le_bytes()),
+        DType::Int64 => out.extend_from_slice(&wrap.to_le_bytes()),
+        DType::UInt8 => out.extend_from_slice(&(wrap as u8).to_le_bytes()),
+        DType::UInt16 => out.extend_from_slice(&(wrap as u16).to_le_bytes()),
+        DType::UInt32 => out.extend_from_slice(&(wrap as u32).to_le_bytes()),
+        DType::UInt64 => out.extend_from_slice(&(wrap as u64).to_le_bytes()),
+        DType::Int4 => out.push((((wrap as u8) << 4) as i8 >> 4) as u8),
+        DType::Int2 => out.push((((wrap as u8) << 6) as i8 >> 6) as u8),
+        DType::Float16 => out.extend_from_slice(&half::f16::from_f64(as_f64(v)).to_le_bytes()),
+        DType::BFloat16 => out.extend_from_slice(&half::bf16::from_f32(as_f32(v)).to_le_bytes()),
+        DType::Float32 => out.extend_from_slice(&as_f32(v).to_le_bytes()),
+        DType::Float64 => out.extend_from_slice(&as_f64(v).to_le_bytes()),
         DType::Complex64 => {
             let (re, im) = match v {
                 ScalarValue::Complex(re, im) => (re as f32, im as f32),
                 other => (as_f32(other), 0.0),
             };
-            [re.to_le_bytes(), im.to_le_bytes()].concat()
+            out.extend_from_slice(&re.to_le_bytes());
+            out.extend_from_slice(&im.to_le_bytes());
         }
         DType::Complex128 => {
             let (re, im) = match v {
                 ScalarValue::Complex(re, im) => (re, im),
                 other => (as_f64(other), 0.0),
             };
-            [re.to_le_bytes(), im.to_le_bytes()].concat()
+            out.extend_from_slice(&re.to_le_bytes());
+            out.extend_from_slice(&im.to_le_bytes());
         }
-        small => vec![encode_minifloat(small, as_f64(v))],
+        small => out.push(encode_minifloat(small, as_f64(v))),
     }
 }
 
@@ -193,7 +202,7 @@ pub fn cast_array(array: &Array, to: DType) -> Array {
     let from = array.dtype();
     let mut out = Vec::with_capacity(array.len() as usize * to.size());
     for element in array.data().chunks_exact(from.size()) {
-        out.extend_from_slice(&cast_scalar(from.scalar(element), to));
+        cast_scalar_into(from.scalar(element), to, &mut out);
     }
     Array::new(to, array.shape().to_vec(), out).expect("one output element per input element")
 }
