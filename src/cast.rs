@@ -154,22 +154,23 @@ pub fn cast_scalar(v: ScalarValue, to: DType) -> Vec<u8> {
 
 /// Appends one element of `to` from a value to `out` (no allocation per element).
 fn cast_scalar_into(v: ScalarValue, to: DType, out: &mut Vec<u8>) {
-    let wrap = as_wrapping_i64(v);
+    // Only integer targets need the wrapped value.
+    let wrap = || as_wrapping_i64(v);
     match to {
         DType::Bool => out.push(match v {
             ScalarValue::Complex(re, im) => (re != 0.0 || im != 0.0) as u8,
             other => (as_f64(other) != 0.0 || matches!(other, ScalarValue::Int(i) if i != 0)) as u8,
         }),
-        DType::Int8 => out.extend_from_slice(&(wrap as i8).to_le_bytes()),
-        DType::Int16 => out.extend_from_slice(&(wrap as i16).to_le_bytes()),
-        DType::Int32 => out.extend_from_slice(&(wrap as i32).to_le_bytes()),
-        DType::Int64 => out.extend_from_slice(&wrap.to_le_bytes()),
-        DType::UInt8 => out.extend_from_slice(&(wrap as u8).to_le_bytes()),
-        DType::UInt16 => out.extend_from_slice(&(wrap as u16).to_le_bytes()),
-        DType::UInt32 => out.extend_from_slice(&(wrap as u32).to_le_bytes()),
-        DType::UInt64 => out.extend_from_slice(&(wrap as u64).to_le_bytes()),
-        DType::Int4 => out.push((((wrap as u8) << 4) as i8 >> 4) as u8),
-        DType::Int2 => out.push((((wrap as u8) << 6) as i8 >> 6) as u8),
+        DType::Int8 => out.extend_from_slice(&(wrap() as i8).to_le_bytes()),
+        DType::Int16 => out.extend_from_slice(&(wrap() as i16).to_le_bytes()),
+        DType::Int32 => out.extend_from_slice(&(wrap() as i32).to_le_bytes()),
+        DType::Int64 => out.extend_from_slice(&wrap().to_le_bytes()),
+        DType::UInt8 => out.extend_from_slice(&(wrap() as u8).to_le_bytes()),
+        DType::UInt16 => out.extend_from_slice(&(wrap() as u16).to_le_bytes()),
+        DType::UInt32 => out.extend_from_slice(&(wrap() as u32).to_le_bytes()),
+        DType::UInt64 => out.extend_from_slice(&(wrap() as u64).to_le_bytes()),
+        DType::Int4 => out.push((((wrap() as u8) << 4) as i8 >> 4) as u8),
+        DType::Int2 => out.push((((wrap() as u8) << 6) as i8 >> 6) as u8),
         DType::Float16 => out.extend_from_slice(&half::f16::from_f64(as_f64(v)).to_le_bytes()),
         DType::BFloat16 => out.extend_from_slice(&half::bf16::from_f32(as_f32(v)).to_le_bytes()),
         DType::Float32 => out.extend_from_slice(&as_f32(v).to_le_bytes()),
