@@ -32,7 +32,7 @@ use crate::metadata::{unflatten, Sharding};
 use crate::pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree, Scalar};
 use crate::sharded::{device_regions, ShardedArray};
 use crate::storage::join_key;
-use crate::zarr::{copy_block, Region};
+use crate::zarr::{copy_block, on_cpu_pool, Region};
 use crate::DType;
 
 /// Leaves loaded concurrently by [`load_with_target`].
@@ -322,7 +322,10 @@ pub async fn load_with_target(item: &PyTreeItem, target: &Target, options: Targe
                 Plan::Skip(keypath) => Ok((keypath.clone(), PyTree::None)),
                 Plan::Load(keypath, leaf) => {
                     let saved = item.load_leaf_at(keypath).await?;
-                    let value = conform(saved, leaf, options).map_err(|e| e.at_leaf(keypath))?;
+                    // Casting and padding are CPU-bound: on the pool, like chunk decoding.
+                    let leaf = leaf.clone();
+                    let value =
+                        on_cpu_pool(move || conform(saved, &leaf, options)).await.map_err(|e| e.at_leaf(keypath))?;
                     Ok::<_, Error>((keypath.clone(), value))
                 }
             }
