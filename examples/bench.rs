@@ -4,6 +4,7 @@
 //! bench load PATH            load a checkpoint
 //! bench save IN OUT          load IN, then save it to OUT (only the save is measured)
 //! bench metadata PATH        pytree_metadata only
+//! bench load-cast PATH DTYPE load with the checkpoint's metadata as target, every array cast to DTYPE
 //! ```
 //! Prints one JSON line: seconds, bytes of array data, and the peak resident
 //! memory of the measured phase above the memory held before it.
@@ -79,6 +80,17 @@ fn main() {
             blocking::block_on(orbax::save_pytree(&out_store, &out_key, &tree, &save)).expect("save");
             report("save", start.elapsed().as_secs_f64(), data_bytes(&tree), base);
         }
+        Some("load-cast") => {
+            let (store, key) = open(&args[2]);
+            let dtype = orbax::DType::from_name(&args[3]).expect("a dtype name");
+            let target = orbax::Target::from(blocking::pytree_metadata(&store, &key, &options).expect("metadata"));
+            let options = LoadOptions { target: Some(target.unsharded().with_dtype(dtype)), ..Default::default() };
+            reset_peak();
+            let base = status_kib("VmRSS:");
+            let start = Instant::now();
+            let tree = blocking::load_pytree(&store, &key, &options).expect("load");
+            report("load-cast", start.elapsed().as_secs_f64(), data_bytes(&tree), base);
+        }
         Some("metadata") => {
             let (store, key) = open(&args[2]);
             let start = Instant::now();
@@ -86,7 +98,7 @@ fn main() {
             report("metadata", start.elapsed().as_secs_f64(), meta.leaves.len() as u64, status_kib("VmRSS:"));
         }
         _ => {
-            eprintln!("usage: bench (load PATH | save IN OUT | metadata PATH)");
+            eprintln!("usage: bench (load PATH | save IN OUT | metadata PATH | load-cast PATH DTYPE)");
             std::process::exit(2);
         }
     }

@@ -17,6 +17,7 @@ use crate::metadata::CheckpointMetadata;
 use crate::pytree::{KeyPath, PyTree};
 use crate::save::{ArraySharding, ShardingFn};
 use crate::storage::{join_key, Storage, StorageError};
+use crate::target::{load_with_target, Target, TargetOptions};
 
 /// Options for opening a checkpoint.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +28,28 @@ pub struct LoadOptions {
     pub item: Option<String>,
     /// Read a checkpoint whose save never finished (temporary or partial-save directory).
     pub allow_uncommitted: bool,
+    /// What to load for each leaf (shape, dtype, sharding, placeholders);
+    /// `None` loads every leaf as saved. See [`crate::target`].
+    pub target: Option<Target>,
+    /// With a target: load only the leaves it names (Orbax's `partial_load`).
+    pub partial_load: bool,
+    /// With a target: pad (with zeros) or truncate arrays whose stored
+    /// shape differs from the target's instead of failing.
+    pub enable_padding_and_truncation: bool,
+    /// With a target: bound on fetched-but-undecoded bytes of each sharded
+    /// leaf read, like Orbax's `read_concurrent_bytes` (`None`: unbounded).
+    pub read_concurrent_bytes: Option<u64>,
+}
+
+impl LoadOptions {
+    /// The options [`load_with_target`] uses.
+    pub fn target_options(&self) -> TargetOptions {
+        TargetOptions {
+            partial_load: self.partial_load,
+            enable_padding_and_truncation: self.enable_padding_and_truncation,
+            read_concurrent_bytes: self.read_concurrent_bytes,
+        }
+    }
 }
 
 /// An item's contents.
@@ -256,11 +279,16 @@ pub async fn pytree_metadata(store: &Arc<dyn Storage>, path: &str, options: &Loa
     checkpoint.pytree(options.item.as_deref()).await?.metadata().await
 }
 
-/// Loads the PyTree at `path`, every value in its on-disk dtype. Like
-/// Orbax's `load_pytree(path)` without a target.
+/// Loads the PyTree at `path`: without `options.target` every value as
+/// saved (Orbax's `load_pytree(path)`), with it what the target asks for
+/// (Orbax's `load_pytree(path, target)`).
 pub async fn load_pytree(store: &Arc<dyn Storage>, path: &str, options: &LoadOptions) -> Result<PyTree> {
     let checkpoint = Checkpoint::open(store, path, options).await?;
-    checkpoint.pytree(options.item.as_deref()).await?.load().await
+    let item = checkpoint.pytree(options.item.as_deref()).await?;
+    match &options.target {
+        Some(target) => load_with_target(&item, target, options.target_options()).await,
+        None => item.load().await,
+    }
 }
 
 /// The metadata of every item of the checkpoint at `path`.

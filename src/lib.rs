@@ -14,7 +14,8 @@
 //! * the PyTree API: reading ([`pytree_metadata`], [`load_pytree`],
 //!   [`checkpointables_metadata`], [`load_checkpointables`]), writing
 //!   ([`save_pytree`], [`save_checkpointables`]) and [`blocking`] for callers
-//!   without an async runtime.
+//!   without an async runtime; [`target`]: loading with a target (shape,
+//!   dtype, sharding, placeholders, partial loads).
 //! * around it: [`inspect`] (the CLI protocol document), [`export`] /
 //!   [`import`] (safetensors, npz), [`verify`], [`cast`] and [`chunking`]
 //!   (numpy casting and Orbax's chunk-shape rule).
@@ -59,6 +60,7 @@ mod save;
 pub mod sharded;
 pub mod slice;
 pub mod storage;
+pub mod target;
 pub mod training;
 pub mod verify;
 pub mod zarr;
@@ -82,6 +84,7 @@ pub use save::{
     load_pytree_async, save_checkpointables, save_checkpointables_async, save_pytree, save_pytree_async, TaskHandle,
 };
 pub use save::{ArraySharding, ProgressFn, SaveOptions, ShardingFn, StorageOptions, StorageOptionsFn};
+pub use target::{ArrayTarget, LeafTarget, Target};
 
 /// The README's examples compile (`cargo test --doc`).
 #[cfg(doctest)]

@@ -28,6 +28,7 @@ Examples:
   orbax cat /ckpts/run1/1000 \"['params']['w']\" --npy > w.npy
   orbax cat /ckpts/run1/1000 '[\"opt_state\", 0]' --json
   orbax export /ckpts/run1/1000 model.safetensors
+  orbax export /ckpts/run1/1000 params.safetensors --keys \"['params']*\" --dtype bfloat16
   orbax verify /ckpts/run1/1000                exit status 0 if sound
   orbax import model.safetensors /ckpts/imported --zarr2
   orbax convert /ckpts/run1/1000 /tmp/per-leaf --no-ocdbt --overwrite
@@ -145,6 +146,9 @@ enum Command {
         /// an index `a`, which drops the dimension); reads only the chunks it needs.
         #[arg(long, allow_hyphen_values = true)]
         slice: Option<String>,
+        /// Convert to this dtype first (numpy astype semantics), e.g. float32.
+        #[arg(long)]
+        dtype: Option<String>,
     },
     /// Write the whole tree to a .safetensors or .npz file (tensor names: keys joined with '.').
     Export {
@@ -159,6 +163,13 @@ enum Command {
         /// (int4/int2 as I8, complex128 as F64[..., 2], other small floats as U8 bits).
         #[arg(long)]
         cast_unsupported: bool,
+        /// Convert every array and scalar to this dtype (numpy astype semantics), e.g. float32.
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Export only the leaves whose keystr matches this glob (`*`, `?`), e.g. "['params']*";
+        /// repeatable. Other leaves are not read.
+        #[arg(long = "keys", value_name = "GLOB")]
+        keys: Vec<String>,
     },
     /// Read every byte, check every checksum, report every problem; exit status 1 if any.
     Verify {
@@ -237,13 +248,7 @@ struct Layout {
 
 impl Layout {
     fn save_options(&self) -> Result<orbax::SaveOptions, Error> {
-        let dtype = match &self.dtype {
-            Some(name) => Some(
-                orbax::DType::from_name(name)
-                    .ok_or_else(|| Error::InvalidArgument(format!("unknown dtype {name:?}")))?,
-            ),
-            None => None,
-        };
+        let dtype = parse_dtype(self.dtype.as_deref())?;
         Ok(orbax::SaveOptions {
             progress: terminal_progress(),
             use_ocdbt: !self.no_ocdbt,
@@ -270,8 +275,39 @@ fn terminal_progress() -> Option<orbax::ProgressFn> {
     })
 }
 
+fn parse_dtype(name: Option<&str>) -> Result<Option<orbax::DType>, Error> {
+    name.map(|name| {
+        orbax::DType::from_name(name).ok_or_else(|| Error::InvalidArgument(format!("unknown dtype {name:?}")))
+    })
+    .transpose()
+}
+
+/// What `orbax export --dtype/--keys` loads: every matching leaf, whole, in `dtype`.
+fn export_target(
+    store: &Arc<dyn Storage>,
+    key: &str,
+    opts: &LoadOptions,
+    dtype: Option<orbax::DType>,
+    keys: &[String],
+) -> Result<Option<orbax::Target>, Error> {
+    if dtype.is_none() && keys.is_empty() {
+        return Ok(None);
+    }
+    let mut target = orbax::Target::from(block_on(orbax::pytree_metadata(store, key, opts))?).unsharded();
+    if !keys.is_empty() {
+        target = target.filter_keys(keys);
+        if target.leaves().is_empty() {
+            return Err(Error::InvalidArgument(format!("no leaf matches {keys:?} (try `orbax inspect`)")));
+        }
+    }
+    Ok(Some(match dtype {
+        Some(dtype) => target.with_dtype(dtype),
+        None => target,
+    }))
+}
+
 fn options(open: &Open, item: Option<String>) -> LoadOptions {
-    LoadOptions { item, allow_uncommitted: open.allow_uncommitted }
+    LoadOptions { item, allow_uncommitted: open.allow_uncommitted, ..Default::default() }
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
@@ -338,7 +374,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             out.write_all(text.as_bytes()).map_err(io)?;
         }
-        Command::Cat { open, keypath, item, npy, raw, json, slice } => {
+        Command::Cat { open, keypath, item, npy, raw, json, slice, dtype } => {
             let (store, key) = open_url(&open.path)?;
             let path = parse_keypath(&keypath).map_err(Error::InvalidArgument)?;
             let checkpoint = block_on(Checkpoint::open(&store, &key, &options(&open, item.clone())))?;
@@ -346,7 +382,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let target = pytree.keypaths().find(|k| same_keypath(k, &path)).cloned().ok_or_else(|| {
                 Error::InvalidArgument(format!("no leaf {path} in {} (try `orbax inspect`)", pytree.path()))
             })?;
-            let leaf = match slice {
+            let mut leaf = match slice {
                 None => block_on(pytree.load_leaf_at(&target))?,
                 Some(spec) => {
                     let shape = match block_on(pytree.array_shape(&target))? {
@@ -360,6 +396,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     PyTree::Array(part)
                 }
             };
+            if let Some(dtype) = parse_dtype(dtype.as_deref())? {
+                leaf = orbax::target::cast_leaf(leaf, dtype).map_err(|e| e.at_leaf(&target))?;
+            }
             let bytes = if npy {
                 format::leaf_npy(&leaf)?
             } else if raw {
@@ -373,9 +412,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             out.write_all(&bytes).map_err(io)?;
         }
-        Command::Export { open, out: file, item, cast_unsupported } => {
+        Command::Export { open, out: file, item, cast_unsupported, dtype, keys } => {
             let (store, key) = open_url(&open.path)?;
-            let tree = block_on(orbax::load_pytree(&store, &key, &options(&open, item)))?;
+            let mut opts = options(&open, item);
+            opts.target = export_target(&store, &key, &opts, parse_dtype(dtype.as_deref())?, &keys)?;
+            opts.partial_load = !keys.is_empty();
+            let tree = block_on(orbax::load_pytree(&store, &key, &opts))?;
             let bytes = if file.ends_with(".safetensors") {
                 orbax::export::to_safetensors(&tree, orbax::export::SafetensorsOptions { cast_unsupported })
             } else if file.ends_with(".npz") {
