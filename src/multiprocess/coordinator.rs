@@ -38,8 +38,8 @@ pub enum CoordinationError {
         /// The marker that already exists.
         key: String,
     },
-    /// A marker listed under the barrier is not one this protocol writes.
-    #[error("barrier {name:?}: unexpected marker {key} (expected process_<i> with i < {count})")]
+    /// A marker names a process beyond the count (processes disagree on the count).
+    #[error("barrier {name:?}: marker {key} names a process beyond the process count {count}")]
     BadMarker {
         /// The barrier's name.
         name: String,
@@ -140,17 +140,18 @@ impl StorageCoordinator {
             .map_err(|source| CoordinationError::Storage { name: name.to_string(), source })?;
         let mut arrived = vec![false; self.count];
         for meta in listed {
-            let index = meta
+            // Other names are the store's own temporary files (e.g. a local disk's `.process_3.<pid>.tmp`).
+            let Some(index) = meta
                 .key
                 .strip_prefix(&dir)
                 .and_then(|rest| rest.strip_prefix("process_"))
                 .and_then(|i| i.parse::<usize>().ok())
-                .filter(|&i| i < self.count)
-                .ok_or_else(|| CoordinationError::BadMarker {
-                    name: name.to_string(),
-                    key: meta.key.clone(),
-                    count: self.count,
-                })?;
+            else {
+                continue;
+            };
+            if index >= self.count {
+                return Err(CoordinationError::BadMarker { name: name.to_string(), key: meta.key, count: self.count });
+            }
             arrived[index] = true;
         }
         Ok((0..self.count).filter(|&i| !arrived[i]).collect())
