@@ -129,3 +129,38 @@ fn local_fs_barrier_across_os_processes() {
     }
     assert!(start.elapsed() < Duration::from_secs(60));
 }
+
+/// The same barriers on the local S3 server (moto) through both cloud backends, when
+/// `ORBAX_TEST_S3_ENDPOINT` is set (`./test.sh` sets it; under CI it must be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_barrier_and_dead_process() {
+    use orbax::location::{open_store, Backend, Location, LocationOptions};
+    use orbax::storage::remote::Service;
+    let url = match std::env::var("ORBAX_TEST_S3_ENDPOINT") {
+        Ok(url) => url,
+        Err(_) if std::env::var_os("CI").is_some() => panic!("CI must set ORBAX_TEST_S3_ENDPOINT (./test.sh does)"),
+        Err(_) => return eprintln!("ORBAX_TEST_S3_ENDPOINT is not set: S3 coordinator checks NOT run"),
+    };
+    let options = [("endpoint", url), ("access_key_id", "test".into()), ("secret_access_key", "test".into())];
+    let mut options: Vec<(String, String)> = options.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    options.push(("region".into(), "us-east-1".into()));
+    let location = Location { service: Service::S3, bucket: "test".into(), path: String::new() };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    for backend in [Backend::ObjectStore, Backend::OpenDal] {
+        let store =
+            open_store(&location, backend, &LocationOptions { backend: None, options: options.clone() }).unwrap();
+        let save = format!("coord-{}-{nanos}-{backend:?}", std::process::id());
+        let results = run_barrier(&store, &format!("{save}/all"), &[0, 1, 2, 3], 4, Duration::from_secs(60)).await;
+        assert!(results.iter().all(|r| r.is_ok()), "{backend:?}: {results:?}");
+        let results = run_barrier(&store, &format!("{save}/dead"), &[1, 2, 3], 4, Duration::from_secs(2)).await;
+        for result in results {
+            match result {
+                Err(CoordinationError::Timeout { missing, .. }) => assert_eq!(missing, vec![0], "{backend:?}"),
+                other => panic!("{backend:?}: expected a timeout naming process 0, got {other:?}"),
+            }
+        }
+        let coordinator = StorageCoordinator::new(store.clone(), "coord", 0, 4).unwrap();
+        coordinator.remove(&save).await.unwrap();
+        assert!(store.list(&format!("coord/{save}/")).await.unwrap().is_empty());
+    }
+}
