@@ -51,6 +51,7 @@ pub mod kvstore;
 pub mod layout;
 pub mod location;
 pub mod metadata;
+pub mod multiprocess;
 pub mod npy;
 pub mod ocdbt;
 pub mod pyjson;

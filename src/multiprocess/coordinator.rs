@@ -1,0 +1,201 @@
+//! The [`Coordinator`] trait and its storage-based implementation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::storage::{PutMode, Storage, StorageError};
+
+/// Errors of coordination between the processes of one save.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinationError {
+    /// Not every process reached the barrier in time (one died or is stuck).
+    #[error(
+        "barrier {name:?}: process {index} of {count} timed out after {timeout:?} waiting for processes {missing:?}"
+    )]
+    Timeout {
+        /// The barrier's name.
+        name: String,
+        /// The waiting process.
+        index: usize,
+        /// The number of processes.
+        count: usize,
+        /// How long it waited.
+        timeout: Duration,
+        /// The processes whose markers never appeared.
+        missing: Vec<usize>,
+    },
+    /// This process already passed a barrier of this name (names must be unique per save).
+    #[error("barrier {name:?}: process {index} already arrived ({key} exists); barrier names must be unique")]
+    Reused {
+        /// The barrier's name.
+        name: String,
+        /// This process.
+        index: usize,
+        /// The marker that already exists.
+        key: String,
+    },
+    /// A marker names a process beyond the count (processes disagree on the count).
+    #[error("barrier {name:?}: marker {key} names a process beyond the process count {count}")]
+    BadMarker {
+        /// The barrier's name.
+        name: String,
+        /// The unexpected key.
+        key: String,
+        /// The number of processes.
+        count: usize,
+    },
+    /// The process index is not below the process count.
+    #[error("process index {index} is not below the process count {count}")]
+    BadIndex {
+        /// The given index.
+        index: usize,
+        /// The given count.
+        count: usize,
+    },
+    /// The store failed.
+    #[error("barrier {name:?}: {source}")]
+    Storage {
+        /// The barrier's name.
+        name: String,
+        /// The storage error (names the key).
+        #[source]
+        source: StorageError,
+    },
+}
+
+/// Synchronises the processes of one multi-process save.
+///
+/// Implementations must make [`Coordinator::barrier`] return `Ok` in a process
+/// only once every process of the group has called it with the same name.
+#[async_trait]
+pub trait Coordinator: Send + Sync {
+    /// This process's index, `0..process_count()`; process 0 is the primary.
+    fn process_index(&self) -> usize;
+    /// The number of processes in the group.
+    fn process_count(&self) -> usize;
+    /// Waits until all processes have reached the barrier `name`, or fails
+    /// with [`CoordinationError::Timeout`] naming the missing processes.
+    async fn barrier(&self, name: &str, timeout: Duration) -> Result<(), CoordinationError>;
+}
+
+/// A [`Coordinator`] that uses marker objects in a store: arriving at barrier
+/// `name`, process `i` creates `<prefix>/<name>/process_<i>` with
+/// [`PutMode::Create`], then lists `<prefix>/<name>/` (polling with
+/// exponential backoff up to [`StorageCoordinator::MAX_POLL`]) until all
+/// markers are there.
+///
+/// Barrier names must be unique per save (e.g. include the checkpoint path
+/// and a phase); a repeated name fails with [`CoordinationError::Reused`]
+/// instead of passing on stale markers. [`StorageCoordinator::remove`]
+/// deletes a barrier's markers once every process is known to have passed it
+/// (i.e. after a later barrier).
+pub struct StorageCoordinator {
+    store: Arc<dyn Storage>,
+    prefix: String,
+    index: usize,
+    count: usize,
+}
+
+impl StorageCoordinator {
+    /// The first polling interval.
+    pub const MIN_POLL: Duration = Duration::from_millis(10);
+    /// The longest polling interval.
+    pub const MAX_POLL: Duration = Duration::from_millis(500);
+
+    /// A coordinator for process `index` of `count`, keeping markers under `prefix` in `store`.
+    pub fn new(
+        store: Arc<dyn Storage>,
+        prefix: impl Into<String>,
+        index: usize,
+        count: usize,
+    ) -> Result<Self, CoordinationError> {
+        if index >= count {
+            return Err(CoordinationError::BadIndex { index, count });
+        }
+        let prefix = prefix.into().trim_end_matches('/').to_string();
+        Ok(StorageCoordinator { store, prefix, index, count })
+    }
+
+    fn dir(&self, name: &str) -> String {
+        format!("{}/{}/", self.prefix, name)
+    }
+
+    /// Deletes the markers of barrier `name`.
+    pub async fn remove(&self, name: &str) -> Result<(), CoordinationError> {
+        let storage = |source| CoordinationError::Storage { name: name.to_string(), source };
+        self.store.delete_prefix(&self.dir(name)).await.map_err(storage)
+    }
+
+    /// The processes whose markers are not yet under barrier `name`.
+    async fn missing(&self, name: &str) -> Result<Vec<usize>, CoordinationError> {
+        let dir = self.dir(name);
+        let listed = self
+            .store
+            .list(&dir)
+            .await
+            .map_err(|source| CoordinationError::Storage { name: name.to_string(), source })?;
+        let mut arrived = vec![false; self.count];
+        for meta in listed {
+            // Other names are the store's own temporary files (e.g. a local disk's `.process_3.<pid>.tmp`).
+            let Some(index) = meta
+                .key
+                .strip_prefix(&dir)
+                .and_then(|rest| rest.strip_prefix("process_"))
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if index >= self.count {
+                return Err(CoordinationError::BadMarker { name: name.to_string(), key: meta.key, count: self.count });
+            }
+            arrived[index] = true;
+        }
+        Ok((0..self.count).filter(|&i| !arrived[i]).collect())
+    }
+}
+
+#[async_trait]
+impl Coordinator for StorageCoordinator {
+    fn process_index(&self) -> usize {
+        self.index
+    }
+
+    fn process_count(&self) -> usize {
+        self.count
+    }
+
+    async fn barrier(&self, name: &str, timeout: Duration) -> Result<(), CoordinationError> {
+        let key = format!("{}process_{}", self.dir(name), self.index);
+        match self.store.put(&key, Bytes::new(), PutMode::Create).await {
+            Ok(()) => {}
+            Err(StorageError::AlreadyExists { .. }) => {
+                return Err(CoordinationError::Reused { name: name.to_string(), index: self.index, key })
+            }
+            Err(source) => return Err(CoordinationError::Storage { name: name.to_string(), source }),
+        }
+        let start = Instant::now();
+        let mut poll = Self::MIN_POLL;
+        loop {
+            let missing = self.missing(name).await?;
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= timeout {
+                return Err(CoordinationError::Timeout {
+                    name: name.to_string(),
+                    index: self.index,
+                    count: self.count,
+                    timeout,
+                    missing,
+                });
+            }
+            tokio::time::sleep(poll.min(timeout - elapsed)).await;
+            poll = (poll * 2).min(Self::MAX_POLL);
+        }
+    }
+}
