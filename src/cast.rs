@@ -17,21 +17,11 @@
 use crate::dtype::{DType, ScalarValue};
 use crate::pytree::Array;
 
-fn as_f64(v: ScalarValue) -> f64 {
-    match v {
-        ScalarValue::Bool(b) => b as u8 as f64,
-        ScalarValue::Int(i) => i as f64,
-        ScalarValue::UInt(u) => u as f64,
-        ScalarValue::Float(f) => f,
-        ScalarValue::Complex(re, _) => re,
-    }
-}
-
 fn as_f32(v: ScalarValue) -> f32 {
     match v {
         ScalarValue::Int(i) => i as f32,
         ScalarValue::UInt(u) => u as f32,
-        other => as_f64(other) as f32,
+        other => other.to_f64() as f32,
     }
 }
 
@@ -159,7 +149,7 @@ fn cast_scalar_into(v: ScalarValue, to: DType, out: &mut Vec<u8>) {
     match to {
         DType::Bool => out.push(match v {
             ScalarValue::Complex(re, im) => (re != 0.0 || im != 0.0) as u8,
-            other => (as_f64(other) != 0.0 || matches!(other, ScalarValue::Int(i) if i != 0)) as u8,
+            other => (other.to_f64() != 0.0 || matches!(other, ScalarValue::Int(i) if i != 0)) as u8,
         }),
         DType::Int8 => out.extend_from_slice(&(wrap() as i8).to_le_bytes()),
         DType::Int16 => out.extend_from_slice(&(wrap() as i16).to_le_bytes()),
@@ -171,10 +161,10 @@ fn cast_scalar_into(v: ScalarValue, to: DType, out: &mut Vec<u8>) {
         DType::UInt64 => out.extend_from_slice(&(wrap() as u64).to_le_bytes()),
         DType::Int4 => out.push((((wrap() as u8) << 4) as i8 >> 4) as u8),
         DType::Int2 => out.push((((wrap() as u8) << 6) as i8 >> 6) as u8),
-        DType::Float16 => out.extend_from_slice(&half::f16::from_f64(as_f64(v)).to_le_bytes()),
+        DType::Float16 => out.extend_from_slice(&half::f16::from_f64(v.to_f64()).to_le_bytes()),
         DType::BFloat16 => out.extend_from_slice(&half::bf16::from_f32(as_f32(v)).to_le_bytes()),
         DType::Float32 => out.extend_from_slice(&as_f32(v).to_le_bytes()),
-        DType::Float64 => out.extend_from_slice(&as_f64(v).to_le_bytes()),
+        DType::Float64 => out.extend_from_slice(&v.to_f64().to_le_bytes()),
         DType::Complex64 => {
             let (re, im) = match v {
                 ScalarValue::Complex(re, im) => (re as f32, im as f32),
@@ -186,12 +176,12 @@ fn cast_scalar_into(v: ScalarValue, to: DType, out: &mut Vec<u8>) {
         DType::Complex128 => {
             let (re, im) = match v {
                 ScalarValue::Complex(re, im) => (re, im),
-                other => (as_f64(other), 0.0),
+                other => (other.to_f64(), 0.0),
             };
             out.extend_from_slice(&re.to_le_bytes());
             out.extend_from_slice(&im.to_le_bytes());
         }
-        small => out.push(encode_minifloat(small, as_f64(v))),
+        small => out.push(encode_minifloat(small, v.to_f64())),
     }
 }
 

@@ -25,6 +25,20 @@ pub enum ScalarValue {
     Complex(f64, f64),
 }
 
+impl ScalarValue {
+    /// The value as `f64` (numpy's `astype(float64)`: `true` is 1, a complex
+    /// value gives its real part; integers beyond 2^53 round).
+    pub fn to_f64(self) -> f64 {
+        match self {
+            ScalarValue::Bool(b) => b as u8 as f64,
+            ScalarValue::Int(i) => i as f64,
+            ScalarValue::UInt(u) => u as f64,
+            ScalarValue::Float(f) => f,
+            ScalarValue::Complex(re, _) => re,
+        }
+    }
+}
+
 macro_rules! dtypes {
     ($( $variant:ident => $name:literal, $size:literal, $zarr2:literal, $doc:literal; )*) => {
         /// An element type of a stored array.

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use orbax::storage::{InMemory, LocalFileSystem, Storage};
 use orbax::target::pad_or_truncate;
 use orbax::{
-    blocking, Array, ArrayTarget, DType, KeyPath, LeafTarget, LoadOptions, PyTree, SaveOptions, Scalar, ScalarValue,
-    Target,
+    blocking, Array, ArrayTarget, DType, KeyPath, LeafTarget, LoadOptions, PyTree, SaveOptions, Scalar, Target,
 };
 use serde_json::Value;
 
@@ -27,16 +26,6 @@ fn key(s: &str) -> KeyPath {
     KeyPath::parse_keystr(s).unwrap()
 }
 
-fn as_f64(v: ScalarValue) -> f64 {
-    match v {
-        ScalarValue::Bool(b) => b as u8 as f64,
-        ScalarValue::Int(i) => i as f64,
-        ScalarValue::UInt(u) => u as f64,
-        ScalarValue::Float(f) => f,
-        ScalarValue::Complex(re, _) => re,
-    }
-}
-
 /// A leaf as expected.json writes it: dtype, shape, values as float64.
 fn leaf_json(leaf: &PyTree) -> Value {
     let array = match leaf {
@@ -46,7 +35,7 @@ fn leaf_json(leaf: &PyTree) -> Value {
         PyTree::None => return Value::from("PLACEHOLDER"),
         other => panic!("unexpected leaf {other:?}"),
     };
-    let values: Vec<f64> = (0..array.len() as usize).map(|i| as_f64(array.get(i).unwrap())).collect();
+    let values: Vec<f64> = (0..array.len() as usize).map(|i| array.get(i).unwrap().to_f64()).collect();
     serde_json::json!({"dtype": array.dtype().to_string(), "shape": array.shape(), "values": values})
 }
 
