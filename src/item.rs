@@ -435,12 +435,16 @@ impl PyTreeItem {
 
     /// Loads one leaf by key path.
     pub async fn load_leaf_at(&self, keypath: &KeyPath) -> Result<PyTree> {
-        let leaf = self
-            .by_keypath
+        let leaf = self.leaf(keypath)?;
+        self.load_leaf(leaf).await.map_err(|e| e.at_leaf(keypath))
+    }
+
+    /// The leaf at `keypath`, or an error naming it.
+    fn leaf(&self, keypath: &KeyPath) -> Result<&LeafPlan> {
+        self.by_keypath
             .get(keypath)
             .map(|&i| &self.leaves[i])
-            .ok_or_else(|| Error::InvalidArgument(format!("{}: no leaf at {keypath}", self.path)))?;
-        self.load_leaf(leaf).await.map_err(|e| e.at_leaf(keypath))
+            .ok_or_else(|| Error::InvalidArgument(format!("{}: no leaf at {keypath}", self.path)))
     }
 
     /// Loads every leaf and rebuilds the tree.

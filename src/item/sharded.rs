@@ -57,13 +57,6 @@ pub async fn load_pytree_sharded(
 }
 
 impl PyTreeItem {
-    fn leaf(&self, keypath: &KeyPath) -> Result<&LeafPlan> {
-        self.by_keypath
-            .get(keypath)
-            .map(|&i| &self.leaves[i])
-            .ok_or_else(|| Error::InvalidArgument(format!("{}: no leaf at {keypath}", self.path)))
-    }
-
     /// Reads `region` (`start..end` per dimension) of the array leaf at
     /// `keypath`, fetching only the chunks that intersect it.
     pub async fn read_region(
