@@ -34,14 +34,28 @@ async fn run_barrier(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_memory_barrier_releases_all_processes() {
     let store: Arc<dyn Storage> = Arc::new(InMemory::new());
-    for name in ["save-1/written", "save-1/committed"] {
-        let results = run_barrier(&store, name, &[0, 1, 2, 3], 4, Duration::from_secs(20)).await;
-        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    // Four processes, each passing the same three barriers in order (one name twice).
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let coordinator = StorageCoordinator::new(store.clone(), "coord", i, 4).unwrap();
+            tokio::spawn(async move {
+                for name in ["written", "committed", "written"] {
+                    coordinator.barrier(name, Duration::from_secs(20)).await?;
+                }
+                Ok::<_, CoordinationError>(coordinator)
+            })
+        })
+        .collect();
+    let mut coordinators = Vec::new();
+    for task in tasks {
+        coordinators.push(task.await.unwrap().unwrap());
     }
-    let coordinator = StorageCoordinator::new(store.clone(), "coord", 0, 4).unwrap();
-    coordinator.remove("save-1/written").await.unwrap();
-    assert!(store.list("coord/save-1/written/").await.unwrap().is_empty());
-    assert_eq!(store.list("coord/save-1/committed/").await.unwrap().len(), 4);
+    // Passing a barrier deletes this process's marker of the one before.
+    assert!(store.list("coord/000000-written/").await.unwrap().is_empty());
+    assert!(store.list("coord/000001-committed/").await.unwrap().is_empty());
+    assert_eq!(store.list("coord/000002-written/").await.unwrap().len(), 4);
+    coordinators[0].remove("written").await.unwrap();
+    assert!(store.list("coord").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -63,14 +77,17 @@ async fn reused_barrier_name_and_bad_index_are_errors() {
     let store: Arc<dyn Storage> = Arc::new(InMemory::new());
     let coordinator = StorageCoordinator::new(store.clone(), "coord", 0, 1).unwrap();
     coordinator.barrier("once", Duration::from_secs(5)).await.unwrap();
-    let err = coordinator.barrier("once", Duration::from_secs(5)).await.unwrap_err();
+    // A second run on the same prefix finds the first run's marker.
+    let rerun = StorageCoordinator::new(store.clone(), "coord", 0, 1).unwrap();
+    let err = rerun.barrier("once", Duration::from_secs(5)).await.unwrap_err();
     assert!(matches!(err, CoordinationError::Reused { .. }), "{err:?}");
-    assert!(err.to_string().contains("coord/once/process_0"), "{err}");
+    assert!(err.to_string().contains("coord/000000-once/process_0"), "{err}");
+    assert!(err.to_string().contains("fresh prefix"), "{err}");
     let err = StorageCoordinator::new(store.clone(), "coord", 2, 2).err().unwrap();
     assert!(matches!(err, CoordinationError::BadIndex { index: 2, count: 2 }), "{err:?}");
-    store.put("coord/odd/process_9", bytes::Bytes::new(), orbax::storage::PutMode::Create).await.unwrap();
+    store.put("coord/000001-odd/process_9", bytes::Bytes::new(), orbax::storage::PutMode::Create).await.unwrap();
     let err = coordinator.barrier("odd", Duration::from_secs(5)).await.unwrap_err();
-    assert!(err.to_string().contains("coord/odd/process_9"), "{err}");
+    assert!(err.to_string().contains("coord/000001-odd/process_9"), "{err}");
 }
 
 const CHILD_ENV: &str = "ORBAX_TEST_COORD_CHILD";
@@ -150,9 +167,9 @@ async fn s3_barrier_and_dead_process() {
         let store =
             open_store(&location, backend, &LocationOptions { backend: None, options: options.clone() }).unwrap();
         let save = format!("coord-{}-{nanos}-{backend:?}", std::process::id());
-        let results = run_barrier(&store, &format!("{save}/all"), &[0, 1, 2, 3], 4, Duration::from_secs(60)).await;
+        let results = run_barrier(&store, &format!("{save}-all"), &[0, 1, 2, 3], 4, Duration::from_secs(60)).await;
         assert!(results.iter().all(|r| r.is_ok()), "{backend:?}: {results:?}");
-        let results = run_barrier(&store, &format!("{save}/dead"), &[1, 2, 3], 4, Duration::from_secs(2)).await;
+        let results = run_barrier(&store, &format!("{save}-dead"), &[1, 2, 3], 4, Duration::from_secs(2)).await;
         for result in results {
             match result {
                 Err(CoordinationError::Timeout { missing, .. }) => assert_eq!(missing, vec![0], "{backend:?}"),
@@ -160,7 +177,9 @@ async fn s3_barrier_and_dead_process() {
             }
         }
         let coordinator = StorageCoordinator::new(store.clone(), "coord", 0, 4).unwrap();
-        coordinator.remove(&save).await.unwrap();
-        assert!(store.list(&format!("coord/{save}/")).await.unwrap().is_empty());
+        for phase in ["all", "dead"] {
+            coordinator.remove(&format!("{save}-{phase}")).await.unwrap();
+        }
+        assert!(store.list(&format!("coord/000000-{save}-all/")).await.unwrap().is_empty());
     }
 }

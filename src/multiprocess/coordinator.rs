@@ -1,6 +1,6 @@
 //! The [`Coordinator`] trait and its storage-based implementation.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,8 +28,8 @@ pub enum CoordinationError {
         /// The processes whose markers never appeared.
         missing: Vec<usize>,
     },
-    /// This process already passed a barrier of this name (names must be unique per save).
-    #[error("barrier {name:?}: process {index} already arrived ({key} exists); barrier names must be unique")]
+    /// The marker this process would create exists (an earlier run used the same prefix).
+    #[error("barrier {name:?}: process {index} already arrived ({key} exists): an earlier run left markers; use a fresh prefix per run")]
     Reused {
         /// The barrier's name.
         name: String,
@@ -82,22 +82,26 @@ pub trait Coordinator: Send + Sync {
     async fn barrier(&self, name: &str, timeout: Duration) -> Result<(), CoordinationError>;
 }
 
-/// A [`Coordinator`] that uses marker objects in a store: arriving at barrier
-/// `name`, process `i` creates `<prefix>/<name>/process_<i>` with
-/// [`PutMode::Create`], then lists `<prefix>/<name>/` (polling with
-/// exponential backoff up to [`StorageCoordinator::MAX_POLL`]) until all
-/// markers are there.
+/// A [`Coordinator`] that uses marker objects in a store: arriving at its
+/// `n`-th barrier, called `name`, process `i` creates
+/// `<prefix>/<n as 6 digits>-<name>/process_<i>` with [`PutMode::Create`],
+/// then lists that directory (polling with exponential backoff up to
+/// [`StorageCoordinator::MAX_POLL`]) until all markers are there. Once it has
+/// passed barrier `n` every process has passed barrier `n - 1`, so it deletes
+/// its marker of that one; only the last barrier's markers stay.
 ///
-/// Barrier names must be unique per save (e.g. include the checkpoint path
-/// and a phase); a repeated name fails with [`CoordinationError::Reused`]
-/// instead of passing on stale markers. [`StorageCoordinator::remove`]
-/// deletes a barrier's markers once every process is known to have passed it
-/// (i.e. after a later barrier).
+/// All processes must call the barriers in the same order (every save does),
+/// and the prefix must be fresh for each run of a job (e.g. include the
+/// scheduler's job id): a marker left by an earlier run fails with
+/// [`CoordinationError::Reused`] instead of letting a barrier pass on stale
+/// markers. [`StorageCoordinator::remove`] deletes a barrier's markers.
 pub struct StorageCoordinator {
     store: Arc<dyn Storage>,
     prefix: String,
     index: usize,
     count: usize,
+    /// The directory of the last barrier passed, and how many were called.
+    state: Mutex<(Option<String>, u64)>,
 }
 
 impl StorageCoordinator {
@@ -117,22 +121,25 @@ impl StorageCoordinator {
             return Err(CoordinationError::BadIndex { index, count });
         }
         let prefix = prefix.into().trim_end_matches('/').to_string();
-        Ok(StorageCoordinator { store, prefix, index, count })
+        Ok(StorageCoordinator { store, prefix, index, count, state: Mutex::new((None, 0)) })
     }
 
-    fn dir(&self, name: &str) -> String {
-        format!("{}/{}/", self.prefix, name)
-    }
-
-    /// Deletes the markers of barrier `name`.
+    /// Deletes the markers of every barrier whose name is `name` (whatever its number).
     pub async fn remove(&self, name: &str) -> Result<(), CoordinationError> {
         let storage = |source| CoordinationError::Storage { name: name.to_string(), source };
-        self.store.delete_prefix(&self.dir(name)).await.map_err(storage)
+        let listed = self.store.list_with_delimiter(&self.prefix).await.map_err(storage)?;
+        for dir in listed.prefixes {
+            let numbered = dir.rsplit('/').next().and_then(|last| last.split_once('-'));
+            if numbered.is_some_and(|(n, rest)| n.bytes().all(|b| b.is_ascii_digit()) && rest == name) {
+                self.store.delete_prefix(&dir).await.map_err(storage)?;
+            }
+        }
+        Ok(())
     }
 
-    /// The processes whose markers are not yet under barrier `name`.
-    async fn missing(&self, name: &str) -> Result<Vec<usize>, CoordinationError> {
-        let dir = self.dir(name);
+    /// The processes whose markers are not yet in `dir`, the directory of barrier `name`.
+    async fn missing(&self, name: &str, dir: &str) -> Result<Vec<usize>, CoordinationError> {
+        let dir = dir.to_string();
         let listed = self
             .store
             .list(&dir)
@@ -169,7 +176,12 @@ impl Coordinator for StorageCoordinator {
     }
 
     async fn barrier(&self, name: &str, timeout: Duration) -> Result<(), CoordinationError> {
-        let key = format!("{}process_{}", self.dir(name), self.index);
+        let (previous, dir) = {
+            let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.1 += 1;
+            (state.0.clone(), format!("{}/{:06}-{name}/", self.prefix, state.1 - 1))
+        };
+        let key = format!("{dir}process_{}", self.index);
         match self.store.put(&key, Bytes::new(), PutMode::Create).await {
             Ok(()) => {}
             Err(StorageError::AlreadyExists { .. }) => {
@@ -180,8 +192,16 @@ impl Coordinator for StorageCoordinator {
         let start = Instant::now();
         let mut poll = Self::MIN_POLL;
         loop {
-            let missing = self.missing(name).await?;
+            let missing = self.missing(name, &dir).await?;
             if missing.is_empty() {
+                if let Some(previous) = previous {
+                    let own = format!("{previous}process_{}", self.index);
+                    self.store
+                        .delete(&own)
+                        .await
+                        .map_err(|source| CoordinationError::Storage { name: name.to_string(), source })?;
+                }
+                self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).0 = Some(dir);
                 return Ok(());
             }
             let elapsed = start.elapsed();

@@ -1,27 +1,19 @@
 //! Which process writes which region of a sharded array.
 //!
-//! Each distinct region is written once, by the process of its first device
-//! in mesh order (the device JAX gives `replica_id` 0 in
-//! `devices_indices_map` order). Device → process is the caller's
-//! `device_process` function; [`contiguous_device_process`] is the default
-//! assumed here: device ids `0..n` split into `count` equal contiguous
-//! blocks, as JAX numbers the devices of a multi-process CPU/TPU job.
+//! Each distinct region is written once, by the process holding its first
+//! device in mesh order (the device JAX gives `replica_id` 0 in
+//! `devices_indices_map` order). A process knows which devices it holds from
+//! its shards, so no device → process table is needed (multi-process JAX
+//! device ids are not contiguous: process 1's first CPU device is 2048).
 
 use crate::sharded::IndexRegion;
 
-/// The default device → process assignment: device `d` of `num_devices`
-/// belongs to process `d / (num_devices / process_count)`.
-pub fn contiguous_device_process(num_devices: usize, process_count: usize) -> impl Fn(i64) -> usize {
-    let per_process = (num_devices / process_count.max(1)).max(1);
-    move |device| (device.max(0) as usize / per_process).min(process_count.saturating_sub(1))
-}
-
 /// The regions of `device_regions` (as from [`crate::sharded::device_regions`])
-/// that `process` writes, each with the device that owns it for writing.
+/// that a process holding the devices for which `holds` is true writes, each
+/// with the device that owns it for writing.
 pub fn regions_written_by(
-    process: usize,
     device_regions: &[(i64, IndexRegion)],
-    device_process: impl Fn(i64) -> usize,
+    holds: impl Fn(i64) -> bool,
 ) -> Vec<(i64, IndexRegion)> {
     let mut written: Vec<(i64, IndexRegion)> = Vec::new();
     let mut seen: Vec<&IndexRegion> = Vec::new();
@@ -30,7 +22,7 @@ pub fn regions_written_by(
             continue;
         }
         seen.push(region);
-        if device_process(*device) == process {
+        if holds(*device) {
             written.push((*device, region.clone()));
         }
     }
@@ -42,16 +34,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replicated_regions_are_written_once_by_the_first_devices_process() {
-        // 8 devices, 4 processes; dim 0 split in 2, replicated over 4 devices each.
+    fn replicated_regions_are_written_once_by_the_holder_of_the_first_device() {
+        // 8 devices, 4 processes of 2 devices each (ids as JAX numbers them:
+        // 2048 per process); dim 0 split in 2, replicated over 4 devices each.
+        let ids: Vec<i64> = (0..4).flat_map(|p| [p * 2048, p * 2048 + 1]).collect();
         let halves = |i: u64| vec![i * 4..i * 4 + 4, 0..3];
-        let regions: Vec<(i64, IndexRegion)> = (0..8).map(|d| (d, halves(d as u64 / 4))).collect();
-        let owner = contiguous_device_process(8, 4);
-        assert_eq!(owner(5), 2);
-        let written: Vec<_> = (0..4).map(|p| regions_written_by(p, &regions, &owner)).collect();
+        let regions: Vec<(i64, IndexRegion)> =
+            ids.iter().enumerate().map(|(n, &d)| (d, halves(n as u64 / 4))).collect();
+        let written: Vec<_> = (0..4i64).map(|p| regions_written_by(&regions, |d| d / 2048 == p)).collect();
         assert_eq!(written[0], vec![(0, halves(0))]);
         assert!(written[1].is_empty());
-        assert_eq!(written[2], vec![(4, halves(1))]);
+        assert_eq!(written[2], vec![(4096, halves(1))]);
         assert!(written[3].is_empty());
     }
 }

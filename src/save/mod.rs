@@ -28,6 +28,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::TMP_MARKER;
 use crate::metadata::Sharding;
+use crate::multiprocess::MultiProcess;
 use crate::pyjson::{to_string, JsonStyle};
 use crate::pytree::{KeyPath, PyTree};
 use crate::storage::{join_key, PutMode, Storage, StorageError};
@@ -104,6 +105,9 @@ pub struct SaveOptions {
     pub sharding_for: Option<ShardingFn>,
     /// Progress of array writing, per item.
     pub progress: Option<ProgressFn>,
+    /// Take part in a save by several processes (see [`crate::multiprocess`]);
+    /// `None` (default): this process saves alone.
+    pub multiprocess: Option<MultiProcess>,
 }
 
 impl Default for SaveOptions {
@@ -119,6 +123,7 @@ impl Default for SaveOptions {
             custom_metadata: Map::new(),
             sharding_for: None,
             progress: None,
+            multiprocess: None,
         }
     }
 }
@@ -136,6 +141,7 @@ impl std::fmt::Debug for SaveOptions {
             .field("custom_metadata", &self.custom_metadata)
             .field("sharding_for", &self.sharding_for.as_ref().map(|_| "<fn>"))
             .field("progress", &self.progress.as_ref().map(|_| "<fn>"))
+            .field("multiprocess", &self.multiprocess)
             .finish()
     }
 }

@@ -89,7 +89,12 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()>
         let entry = entry?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
         let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        let meta = entry.metadata()?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Renamed or deleted since read_dir (e.g. another writer's temporary file).
+            Err(e) if e.kind() == IoKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if meta.is_dir() {
             walk(&entry.path(), &key, out)?;
         } else if meta.is_file() {
@@ -291,7 +296,12 @@ impl Storage for LocalFileSystem {
                 let entry = entry.map_err(|e| io_error(&rel, e))?;
                 let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
                 let key = super::join_key(&rel, &name);
-                let meta = entry.metadata().map_err(|e| io_error(&key, e))?;
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Renamed or deleted since read_dir (e.g. another writer's temporary file).
+                    Err(e) if e.kind() == IoKind::NotFound => continue,
+                    Err(e) => return Err(io_error(&key, e)),
+                };
                 if meta.is_dir() {
                     result.prefixes.push(key);
                 } else if meta.is_file() {
