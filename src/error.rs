@@ -3,6 +3,7 @@
 
 use crate::kvstore::KvError;
 use crate::metadata::MetadataError;
+use crate::multiprocess::CoordinationError;
 use crate::ocdbt::OcdbtError;
 use crate::storage::StorageError;
 use crate::zarr::ZarrError;
@@ -24,6 +25,9 @@ pub enum Error {
     /// From Orbax metadata parsing.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// From the coordination of a multi-process save.
+    #[error(transparent)]
+    Coordination(#[from] CoordinationError),
     /// The path holds no checkpoint (or not the expected kind of thing).
     #[error("{path}: not an Orbax checkpoint: {what}")]
     NotACheckpoint {
@@ -95,6 +99,7 @@ impl Error {
             Error::Ocdbt(e) => e.kind(),
             Error::Zarr(e) => e.kind(),
             Error::Metadata(e) => e.kind(),
+            Error::Coordination(e) => e.kind(),
             Error::NotACheckpoint { .. } => ErrorKind::NotFound,
             Error::Uncommitted { .. } => ErrorKind::Uncommitted,
             Error::Item { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::storage::{PutMode, Storage, StorageError};
+use crate::ErrorKind;
 
 /// Errors of coordination between the processes of one save.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,18 @@ pub enum CoordinationError {
         #[source]
         source: StorageError,
     },
+}
+
+impl CoordinationError {
+    /// The class of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CoordinationError::Timeout { .. } => ErrorKind::Io,
+            CoordinationError::Reused { .. } => ErrorKind::AlreadyExists,
+            CoordinationError::BadMarker { .. } | CoordinationError::BadIndex { .. } => ErrorKind::InvalidArgument,
+            CoordinationError::Storage { source, .. } => source.kind(),
+        }
+    }
 }
 
 /// Synchronises the processes of one multi-process save.

@@ -19,7 +19,7 @@ use crate::storage::validate_key;
 const MAX_PATH_BYTES: usize = 65535;
 
 /// One entry of a data file table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DataFile {
     /// The transitive path of the table followed by the entry's own base path.
     pub base_path: Vec<u8>,

@@ -23,6 +23,8 @@
 //! has TensorStore write one: pure encoders (`encode`, the inverses of the
 //! decoders) and one I/O layer that streams large values into data files,
 //! builds the B+tree bottom-up and writes `manifest.ocdbt` last.
+//! [`merge_databases`] combines per-process databases into their parent as
+//! Orbax does after a multi-process save.
 
 mod btree;
 mod codec;
@@ -31,11 +33,13 @@ mod database;
 mod encode;
 mod error;
 mod manifest;
+mod merge;
 mod version_tree;
 mod writer;
 
 pub use database::{Database, Limits, ValueRef};
 pub use error::OcdbtError;
 pub use manifest::{Compression, Config, ManifestKind};
+pub use merge::merge_databases;
 pub use version_tree::{Statistics, VersionInfo};
 pub use writer::{DatabaseWriter, WriteSummary, WriterOptions};

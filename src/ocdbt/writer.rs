@@ -5,7 +5,7 @@
 //! of it is in place.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
@@ -25,7 +25,7 @@ use super::encode::{
 use super::manifest::{Compression, Config, ManifestKind, ZSTD_LEVELS};
 use super::version_tree::{NodeRef, Statistics, VersionInfo};
 use super::OcdbtError;
-use crate::storage::{join_key, object_writer, ObjectWriter, PutMode, Storage, StorageError};
+use crate::storage::{join_key, object_writer, validate_key, ObjectWriter, PutMode, Storage, StorageError};
 
 /// Longest key.
 const MAX_KEY_BYTES: usize = 65535;
@@ -216,8 +216,10 @@ pub struct DatabaseWriter {
     options: WriterOptions,
     config: Config,
     entries: Vec<(Box<[u8]>, Value)>,
-    /// Every data file started, by index.
+    /// Every data file started or referenced, by index.
     files: Vec<DataFile>,
+    /// Indices of the files of other writers that values reference.
+    referenced: HashMap<DataFile, usize>,
     current: Option<OpenFile>,
     /// Keys and sizes of the finished data files.
     finished: Vec<(String, u64)>,
@@ -282,6 +284,7 @@ impl DatabaseWriter {
             config,
             entries: Vec::new(),
             files: Vec::new(),
+            referenced: HashMap::new(),
             current: None,
             finished: Vec::new(),
             broken: false,
@@ -321,6 +324,46 @@ impl DatabaseWriter {
             Value::OutOfLine { file: index, offset, length }
         };
         self.entries.push((key.into(), value));
+        Ok(())
+    }
+
+    /// Adds `key` with a value another writer already stored: `length` bytes
+    /// at `offset` of the data file `relative_path` below `base_path`, both
+    /// relative to this database (e.g. `ocdbt.process_0/` and `d/<hex>`, as
+    /// Orbax's merge of per-process databases references their values). The
+    /// value is neither read nor copied; it stays out of line whatever its
+    /// length. Paths must be safe relative keys.
+    pub fn put_reference(
+        &mut self,
+        key: &[u8],
+        base_path: &str,
+        relative_path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<(), OcdbtError> {
+        self.check_usable()?;
+        if key.len() > MAX_KEY_BYTES {
+            return Err(self.invalid(format!(
+                "key {} is {} bytes long, more than 65535",
+                describe_key(key),
+                key.len()
+            )));
+        }
+        let path = format!("{base_path}{relative_path}");
+        if relative_path.is_empty() || validate_key(&path).is_err() || path.contains("//") {
+            return Err(self.invalid(format!("{path:?} is not a safe data file path")));
+        }
+        let file =
+            DataFile { base_path: base_path.as_bytes().to_vec(), relative_path: relative_path.as_bytes().to_vec() };
+        let index = match self.referenced.get(&file) {
+            Some(&index) => index,
+            None => {
+                self.files.push(file.clone());
+                self.referenced.insert(file, self.files.len() - 1);
+                self.files.len() - 1
+            }
+        };
+        self.entries.push((key.into(), Value::OutOfLine { file: index, offset, length }));
         Ok(())
     }
 
@@ -403,8 +446,11 @@ impl DatabaseWriter {
     }
 
     /// Frames and appends one encoded node body.
-    async fn append_node(&self, file: &mut OpenFile, body: &[u8]) -> Result<(u64, u64), OcdbtError> {
-        let encoded = encode_envelope(BTREE_NODE_MAGIC, body, self.options.compression)
+    /// (Takes only what it needs, not `&self`: a shared borrow held across
+    /// the write would make the save future need `DatabaseWriter: Sync`, and
+    /// object writers are only `Send`.)
+    async fn append_node(compression: Compression, file: &mut OpenFile, body: &[u8]) -> Result<(u64, u64), OcdbtError> {
+        let encoded = encode_envelope(BTREE_NODE_MAGIC, body, compression)
             .map_err(|source| StorageError::Io { key: file.key.clone(), source })?;
         let length = encoded.len() as u64;
         let offset = file.append(Bytes::from(encoded)).await?;
@@ -444,7 +490,8 @@ impl DatabaseWriter {
                     LeafEntryIn { key: &key[prefix..], value }
                 })
                 .collect();
-            let (offset, length) = self.append_node(&mut file, &encode_leaf_body(&leaf)).await?;
+            let (offset, length) =
+                Self::append_node(self.options.compression, &mut file, &encode_leaf_body(&leaf)).await?;
             statistics.num_tree_bytes = length;
             level.push(WrittenNode {
                 first: range.start,
@@ -485,7 +532,9 @@ impl DatabaseWriter {
                         }
                     })
                     .collect();
-                let (offset, length) = self.append_node(&mut file, &encode_interior_body(height, &node)).await?;
+                let (offset, length) =
+                    Self::append_node(self.options.compression, &mut file, &encode_interior_body(height, &node))
+                        .await?;
                 statistics.num_tree_bytes += length;
                 next.push(WrittenNode { first, last, prefix, file: file.index, offset, length, statistics });
             }

@@ -13,6 +13,15 @@
 //! * other stores (object stores): everything is written in place and
 //!   `commit_success.txt` is created last, conditionally where the store
 //!   supports put-if-absent; a checkpoint without it is unfinished.
+//!
+//! In a multi-process save ([`SaveOptions::multiprocess`]) every process runs
+//! the same steps between barriers: all check the path, the primary clears a
+//! stale work directory (`save-begin`); each writes its share
+//! (`save-written`); the primary merges the per-process databases, checks
+//! every chunk was written, writes `_CHECKPOINT_METADATA` and commits as
+//! above, and all return once it has (`save-committed`). A process that
+//! fails or dies makes the others' barrier time out naming it, and nothing
+//! is committed.
 
 mod async_save;
 mod pytree_item;
@@ -34,6 +43,7 @@ use crate::pytree::{KeyPath, PyTree};
 use crate::storage::{join_key, PutMode, Storage, StorageError};
 
 pub use async_save::{load_pytree_async, save_checkpointables_async, save_pytree_async, TaskHandle};
+use pytree_item::Role;
 pub use pytree_item::PYTREE_HANDLER;
 
 /// `_CHECKPOINT_METADATA` handler name of JSON checkpointables.
@@ -224,6 +234,10 @@ async fn save_items(
             return Err(Error::InvalidArgument(format!("{name:?} is not a valid item name")));
         }
     }
+    let role = match &options.multiprocess {
+        Some(mp) => Role { index: mp.index(), shared: true },
+        None => Role::ALONE,
+    };
     let existing = store.list_with_delimiter(path).await?;
     let exists = !existing.objects.is_empty() || !existing.prefixes.is_empty();
     if exists && !options.overwrite {
@@ -231,17 +245,19 @@ async fn save_items(
     }
     let atomic = store.capabilities().atomic_rename;
     let work = if atomic { format!("{path}{TMP_MARKER}") } else { path.to_string() };
-    if atomic || exists {
+    if role.is_primary() && (atomic || exists) {
         store.delete_prefix(&work).await?;
     }
+    barrier(options, "save-begin").await?;
 
     let init = now_ns();
     let mut handlers = Map::new();
+    let mut written = Vec::new();
     for (name, item) in items {
         let dir = join_key(&work, name);
         match item {
             Item::PyTree(tree) => {
-                pytree_item::write(store, &dir, name, tree, options).await?;
+                written.push((dir.clone(), pytree_item::write(store, &dir, name, tree, options, role).await?));
                 handlers.insert(name.to_string(), json!(PYTREE_HANDLER));
             }
             Item::Json(value) | Item::Metrics(value) => {
@@ -250,10 +266,21 @@ async fn save_items(
                 } else {
                     ("data.json", JSON_HANDLER)
                 };
-                let text = to_string(value, JsonStyle::Python);
-                store.put(&join_key(&dir, file), Bytes::from(text), PutMode::Overwrite).await?;
+                if role.is_primary() {
+                    let text = to_string(value, JsonStyle::Python);
+                    store.put(&join_key(&dir, file), Bytes::from(text), PutMode::Overwrite).await?;
+                }
                 handlers.insert(name.to_string(), json!(handler));
             }
+        }
+    }
+    barrier(options, "save-written").await?;
+    if !role.is_primary() {
+        return barrier(options, "save-committed").await;
+    }
+    if let Some(mp) = &options.multiprocess {
+        for (dir, arrays) in &written {
+            pytree_item::finish_shared(store, dir, arrays, mp.coordinator.process_count(), options).await?;
         }
     }
     let metadata = json!({
@@ -290,6 +317,14 @@ async fn save_items(
             store.rename_prefix(&work, path).await?;
             store.delete_prefix(&old).await?;
         }
+    }
+    barrier(options, "save-committed").await
+}
+
+/// Waits for the other processes of a multi-process save at `phase`.
+async fn barrier(options: &SaveOptions, phase: &str) -> Result<()> {
+    if let Some(mp) = &options.multiprocess {
+        mp.coordinator.barrier(phase, mp.barrier_timeout).await?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! (scalars are rank-0 arrays), in an OCDBT database or one directory per leaf.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,12 +12,15 @@ use serde_json::{json, Map, Value};
 use super::{ArraySharding, ProgressFn, SaveOptions, StorageOptions};
 use crate::cast::cast_array;
 use crate::chunking::choose_chunk_shape;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::metadata::{Sharding, ShardingFile};
-use crate::ocdbt::{DatabaseWriter, WriterOptions};
+use crate::multiprocess::regions_written_by;
+use crate::ocdbt::{merge_databases, Database, DatabaseWriter, WriterOptions};
 use crate::pyjson::{to_string, JsonStyle};
 use crate::python_repr::repr_str_tuple;
 use crate::pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree};
+use crate::sharded::{device_regions, ShardedArray};
 use crate::storage::{join_key, validate_key, PutMode, Storage};
 use crate::zarr::{array_key, unravel, ArrayMetadata};
 
@@ -84,12 +87,43 @@ fn key_names(path: &KeyPath) -> Vec<String> {
         .collect()
 }
 
+/// This process's place in a save: alone, or one of several.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Role {
+    /// The process index (0 when saving alone).
+    pub index: usize,
+    /// Whether other processes save the same checkpoint.
+    pub shared: bool,
+}
+
+impl Role {
+    /// Saving alone.
+    pub const ALONE: Role = Role { index: 0, shared: false };
+
+    /// The process that writes metadata, whole arrays and commits.
+    pub fn is_primary(self) -> bool {
+        self.index == 0
+    }
+}
+
+/// The elements of a planned array this process writes.
+enum Source<'a> {
+    /// The whole array.
+    Whole(Cow<'a, Array>),
+    /// Blocks of it: the regions of a sharded array this process owns
+    /// (none: it writes no chunk).
+    Blocks(Vec<Block<'a>>),
+}
+
+/// A block of an array: the global index of its first element and its elements.
+type Block<'a> = (Vec<u64>, Cow<'a, Array>);
+
 /// An array ready to be encoded: on-disk dtype applied, chunking chosen.
-/// Borrows the caller's array unless a cast made a new one.
+/// Borrows the caller's data unless a cast made a new copy.
 struct PlannedArray<'a> {
     name: String,
     metadata: ArrayMetadata,
-    data: Cow<'a, Array>,
+    source: Source<'a>,
     sharding: Option<ArraySharding>,
 }
 
@@ -98,52 +132,97 @@ fn plan_array<'a>(
     leaf: &'a PyTree,
     sharding: Option<ArraySharding>,
     options: &SaveOptions,
+    role: Role,
 ) -> Result<PlannedArray<'a>> {
-    let array: Cow<'a, Array> = match leaf {
-        PyTree::Array(a) => Cow::Borrowed(a),
-        PyTree::Sharded(s) => Cow::Owned(s.assemble().map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))?),
+    let invalid = |what: String| Error::InvalidArgument(format!("{path}: {what}"));
+    let (shape, dtype, source) = match leaf {
+        PyTree::Sharded(s) if role.shared => {
+            let Some(sharding) = &sharding else {
+                return Err(invalid("a sharded leaf needs its sharding in a multi-process save".into()));
+            };
+            (
+                s.global_shape().to_vec(),
+                s.dtype(),
+                Source::Blocks(owned_blocks(s, &sharding.sharding).map_err(invalid)?),
+            )
+        }
+        PyTree::Array(a) if role.shared && !role.is_primary() => {
+            (a.shape().to_vec(), a.dtype(), Source::Blocks(vec![]))
+        }
+        PyTree::Scalar(s) if role.shared && !role.is_primary() => (vec![], s.dtype(), Source::Blocks(vec![])),
+        PyTree::Array(a) => (a.shape().to_vec(), a.dtype(), Source::Whole(Cow::Borrowed(a))),
+        PyTree::Sharded(s) => {
+            let a = s.assemble().map_err(invalid)?;
+            (a.shape().to_vec(), a.dtype(), Source::Whole(Cow::Owned(a)))
+        }
         PyTree::Scalar(s) => {
-            Cow::Owned(Array::new(s.dtype(), vec![], s.bytes().to_vec()).map_err(Error::InvalidArgument)?)
+            let a = Array::new(s.dtype(), vec![], s.bytes().to_vec()).map_err(Error::InvalidArgument)?;
+            (vec![], a.dtype(), Source::Whole(Cow::Owned(a)))
         }
         _ => unreachable!("only arrays and scalars are planned"),
     };
-    if array.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{path}: cannot save arrays with zero size (shape {:?})",
-            array.shape()
-        )));
+    if num_elements(&shape) == Some(0) {
+        return Err(invalid(format!("cannot save arrays with zero size (shape {shape:?})")));
     }
     let chosen = options.storage_for.as_ref().map(|f| f(path, leaf)).unwrap_or_default();
     let storage = StorageOptions {
         dtype: chosen.dtype.or(options.storage.dtype),
         chunk_byte_size: chosen.chunk_byte_size.or(options.storage.chunk_byte_size),
     };
-    let data = match storage.dtype {
-        Some(dtype) if dtype != array.dtype() => Cow::Owned(cast_array(&array, dtype)),
-        _ => array,
+    let (dtype, source) = match storage.dtype {
+        Some(to) if to != dtype => (to, source.cast(to)),
+        _ => (dtype, source),
     };
-    let shape = data.shape().to_vec();
     let write_shape = match &sharding {
         Some(s) if s.write_shape.len() != shape.len() || s.write_shape.iter().zip(&shape).any(|(w, g)| w > g) => {
-            return Err(Error::InvalidArgument(format!(
-                "{path}: write shape {:?} does not fit the array's shape {shape:?}",
-                s.write_shape
-            )));
+            return Err(invalid(format!("write shape {:?} does not fit the array's shape {shape:?}", s.write_shape)));
         }
         Some(s) => s.write_shape.clone(),
         None => shape.clone(),
     };
-    let nbytes = num_elements(&write_shape).unwrap_or(u64::MAX).saturating_mul(data.dtype().size() as u64);
+    let nbytes = num_elements(&write_shape).unwrap_or(u64::MAX).saturating_mul(dtype.size() as u64);
     let target = options.ocdbt_target_data_file_size;
     let limit = match storage.chunk_byte_size {
         Some(size) => Some(size.min(target)),
         None if nbytes > target => Some(target),
         None => None,
     };
-    let chunk_shape = choose_chunk_shape(&shape, &write_shape, data.dtype().size(), limit, &[])
-        .map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))?;
-    let metadata = ArrayMetadata::orbax(data.dtype(), shape, chunk_shape, options.use_zarr3, options.use_compression);
-    Ok(PlannedArray { name: path.param_name(), metadata, data, sharding })
+    let chunk_shape = choose_chunk_shape(&shape, &write_shape, dtype.size(), limit, &[]).map_err(invalid)?;
+    let metadata = ArrayMetadata::orbax(dtype, shape, chunk_shape, options.use_zarr3, options.use_compression);
+    Ok(PlannedArray { name: path.param_name(), metadata, source, sharding })
+}
+
+/// The shards of `array` this process writes in a multi-process save: one
+/// per distinct region of `sharding`, if this process holds the region's
+/// first device (see [`regions_written_by`]).
+fn owned_blocks<'a>(array: &'a ShardedArray, sharding: &Sharding) -> std::result::Result<Vec<Block<'a>>, String> {
+    let regions = device_regions(sharding, array.global_shape())?;
+    let holds = |device: i64| array.shards().iter().any(|shard| shard.device == device);
+    regions_written_by(&regions, holds)
+        .into_iter()
+        .map(|(device, region)| {
+            let shard = array.shards().iter().find(|shard| shard.device == device).expect("held");
+            if shard.region != region {
+                return Err(format!(
+                    "the shard of device {device} covers {:?}, but the sharding gives that device {region:?}",
+                    shard.region
+                ));
+            }
+            Ok((region.iter().map(|r| r.start).collect(), Cow::Borrowed(&shard.data)))
+        })
+        .collect()
+}
+
+impl Source<'_> {
+    /// The same elements cast to `dtype` (numpy `astype`).
+    fn cast(self, dtype: DType) -> Self {
+        match self {
+            Source::Whole(a) => Source::Whole(Cow::Owned(cast_array(&a, dtype))),
+            Source::Blocks(blocks) => Source::Blocks(
+                blocks.into_iter().map(|(origin, a)| (origin, Cow::Owned(cast_array(&a, dtype)))).collect(),
+            ),
+        }
+    }
 }
 
 /// Raw bytes of chunks encoded together before they are written: bounds
@@ -151,39 +230,89 @@ fn plan_array<'a>(
 /// busy.
 const ENCODE_BATCH_BYTES: u64 = 64 << 20;
 
-/// One chunk to encode: which array and which chunk of its grid.
+/// One chunk to encode: which array, which chunk of its grid and, for an
+/// array written in blocks, which block holds it.
 struct ChunkJob {
     array: usize,
     index: Vec<u64>,
+    block: Option<usize>,
     bytes: u64,
 }
 
-/// Every array's metadata key and value, then its chunks in grid order.
-fn chunk_jobs(arrays: &[PlannedArray]) -> Vec<ChunkJob> {
+/// The chunks this process writes, in grid order per array (per block for
+/// arrays written in blocks). Every chunk of a block must lie inside it
+/// (clipped to the array), as it does when chunks divide the write shape.
+fn chunk_jobs(arrays: &[PlannedArray]) -> Result<Vec<ChunkJob>> {
     let mut jobs = Vec::new();
     for (i, array) in arrays.iter().enumerate() {
         let m = &array.metadata;
         let grid = m.grid_shape();
         let chunk_bytes = num_elements(&m.chunk_shape).unwrap_or(1) * m.dtype.size() as u64;
-        let count = num_elements(&grid).expect("bounded by the array size");
-        jobs.extend((0..count).map(|n| ChunkJob { array: i, index: unravel(n, &grid), bytes: chunk_bytes }));
+        match &array.source {
+            Source::Whole(_) => {
+                let count = num_elements(&grid).expect("bounded by the array size");
+                jobs.extend((0..count).map(|n| ChunkJob {
+                    array: i,
+                    index: unravel(n, &grid),
+                    block: None,
+                    bytes: chunk_bytes,
+                }));
+            }
+            Source::Blocks(blocks) => {
+                for (b, (origin, data)) in blocks.iter().enumerate() {
+                    let end: Vec<u64> = origin.iter().zip(data.shape()).map(|(o, n)| o + n).collect();
+                    let first: Vec<u64> = origin.iter().zip(&m.chunk_shape).map(|(o, c)| o / c).collect();
+                    let extent: Vec<u64> =
+                        end.iter().zip(&m.chunk_shape).zip(&first).map(|((e, c), f)| e.div_ceil(*c) - f).collect();
+                    for n in 0..num_elements(&extent).expect("bounded by the block size") {
+                        let index: Vec<u64> = unravel(n, &extent).iter().zip(&first).map(|(k, f)| k + f).collect();
+                        let (chunk_origin, chunk_extent) = m.chunk_region(&index);
+                        let inside = (0..index.len())
+                            .all(|d| chunk_origin[d] >= origin[d] && chunk_origin[d] + chunk_extent[d] <= end[d]);
+                        if !inside {
+                            return Err(Error::InvalidArgument(format!(
+                                "{}: chunk shape {:?} does not divide the shard at {origin:?} of shape {:?}",
+                                array.name,
+                                m.chunk_shape,
+                                data.shape()
+                            )));
+                        }
+                        jobs.push(ChunkJob { array: i, index, block: Some(b), bytes: chunk_bytes });
+                    }
+                }
+            }
+        }
     }
-    jobs
+    Ok(jobs)
 }
 
-fn encode(array: &PlannedArray, index: &[u64]) -> (String, Bytes) {
+fn encode(array: &PlannedArray, job: &ChunkJob) -> (String, Bytes) {
     let m = &array.metadata;
-    let chunk = m.extract_chunk(array.data.data(), index);
-    (array_key(&array.name, &m.key_encoding.key(index)), Bytes::from(m.encode_chunk(&chunk)))
+    let chunk = match (&array.source, job.block) {
+        (Source::Whole(a), _) => m.extract_chunk(a.data(), &job.index),
+        (Source::Blocks(blocks), Some(b)) => {
+            let (origin, data) = &blocks[b];
+            m.extract_chunk_from(data.data(), data.shape(), origin, &job.index)
+        }
+        (Source::Blocks(_), None) => unreachable!("chunk_jobs gives every chunk of a block its block"),
+    };
+    (array_key(&array.name, &m.key_encoding.key(&job.index)), Bytes::from(m.encode_chunk(&chunk)))
 }
 
 /// Encodes all chunks in parallel, batch by batch, and writes each batch in order.
-async fn write_arrays(arrays: &[PlannedArray<'_>], sink: &mut ArraySink, progress: Option<&ProgressFn>) -> Result<()> {
-    for array in arrays {
-        let m = &array.metadata;
-        sink.put(&array_key(&array.name, m.file_name()), Bytes::from(m.to_json_bytes())).await?;
+async fn write_arrays(
+    arrays: &[PlannedArray<'_>],
+    sink: &mut ArraySink,
+    role: Role,
+    progress: Option<&ProgressFn>,
+) -> Result<()> {
+    if role.is_primary() {
+        for array in arrays {
+            let m = &array.metadata;
+            sink.put(&array_key(&array.name, m.file_name()), Bytes::from(m.to_json_bytes())).await?;
+        }
     }
-    let jobs = chunk_jobs(arrays);
+    let jobs = chunk_jobs(arrays)?;
     let total: u64 = jobs.iter().map(|j| j.bytes).sum();
     let mut done = 0;
     let mut start = 0;
@@ -196,7 +325,7 @@ async fn write_arrays(arrays: &[PlannedArray<'_>], sink: &mut ArraySink, progres
         }
         // CPU-bound: rayon encodes the batch on all cores while this task waits.
         let encoded: Vec<(String, Bytes)> =
-            jobs[start..end].par_iter().map(|job| encode(&arrays[job.array], &job.index)).collect();
+            jobs[start..end].par_iter().map(|job| encode(&arrays[job.array], job)).collect();
         for (key, value) in encoded {
             sink.put(&key, value).await?;
         }
@@ -209,14 +338,29 @@ async fn write_arrays(arrays: &[PlannedArray<'_>], sink: &mut ArraySink, progres
     Ok(())
 }
 
-/// Writes `tree` as the PyTree item `item` at `dir`.
+/// How item databases are written: Orbax's configuration with the target data file size.
+fn writer_options(options: &SaveOptions) -> WriterOptions {
+    WriterOptions { target_data_file_size: Some(options.ocdbt_target_data_file_size), ..WriterOptions::default() }
+}
+
+/// The directory of process `index`'s database inside an item (Orbax's name).
+pub(super) fn process_database(index: usize) -> String {
+    format!("ocdbt.process_{index}")
+}
+
+/// Writes `tree` as the PyTree item `item` at `dir`: all of it when saving
+/// alone; in a multi-process save, this process's share (chunks of the
+/// regions it owns into its own database; the primary also whole arrays,
+/// array metadata and the item's metadata files). Returns the name and
+/// metadata of every array of the item.
 pub(super) async fn write(
     store: &Arc<dyn Storage>,
     dir: &str,
     item: &str,
     tree: &PyTree,
     options: &SaveOptions,
-) -> Result<()> {
+    role: Role,
+) -> Result<Vec<(String, ArrayMetadata)>> {
     let leaves = tree.leaves();
     let mut names: HashMap<String, &KeyPath> = HashMap::new();
     let mut entries = Map::new();
@@ -253,7 +397,7 @@ pub(super) async fn write(
         );
         match leaf {
             PyTree::Array(_) | PyTree::Sharded(_) | PyTree::Scalar(_) => {
-                arrays.push(plan_array(path, leaf, sharding, options)?)
+                arrays.push(plan_array(path, leaf, sharding, options, role)?)
             }
             PyTree::String(s) => {
                 strings.insert(name, s.clone());
@@ -264,17 +408,16 @@ pub(super) async fn write(
 
     if !arrays.is_empty() {
         let mut sink = if options.use_ocdbt {
-            let writer_options = WriterOptions {
-                target_data_file_size: Some(options.ocdbt_target_data_file_size),
-                ..WriterOptions::default()
-            };
-            ArraySink::Ocdbt(Box::new(DatabaseWriter::create(store.clone(), dir, writer_options).await?))
+            let writer_options = writer_options(options);
+            let db = if role.shared { join_key(dir, &process_database(role.index)) } else { dir.to_string() };
+            ArraySink::Ocdbt(Box::new(DatabaseWriter::create(store.clone(), &db, writer_options).await?))
         } else {
             ArraySink::Directory { store: store.clone(), prefix: dir.to_string() }
         };
-        write_arrays(&arrays, &mut sink, options.progress.as_ref()).await?;
+        write_arrays(&arrays, &mut sink, role, options.progress.as_ref()).await?;
         sink.finish().await?;
     }
+    let written = arrays.iter().map(|a| (a.name.clone(), a.metadata.clone())).collect();
 
     let metadata = json!({
         "tree_metadata": entries,
@@ -287,12 +430,18 @@ pub(super) async fn write(
         let key = join_key(dir, name);
         async move { store.put(&key, Bytes::from(text), PutMode::Overwrite).await }
     };
-    put("_METADATA", to_string(&metadata, JsonStyle::Python)).await?;
+    if role.is_primary() {
+        put("_METADATA", to_string(&metadata, JsonStyle::Python)).await?;
+    }
     let sharded: Vec<&PlannedArray> = arrays.iter().filter(|a| a.sharding.is_some()).collect();
     if !sharded.is_empty() {
-        let shardings: Vec<(String, Sharding)> =
-            sharded.iter().map(|a| (a.name.clone(), a.sharding.as_ref().expect("filtered").sharding.clone())).collect();
-        put("_sharding", ShardingFile::encode(&shardings)).await?;
+        if role.is_primary() {
+            let shardings: Vec<(String, Sharding)> = sharded
+                .iter()
+                .map(|a| (a.name.clone(), a.sharding.as_ref().expect("filtered").sharding.clone()))
+                .collect();
+            put("_sharding", ShardingFile::encode(&shardings)).await?;
+        }
         let list: Vec<Value> = sharded
             .iter()
             .map(|a| {
@@ -303,11 +452,51 @@ pub(super) async fn write(
                     "ext_metadata": null}})
             })
             .collect();
-        put("array_metadatas/process_0", to_string(&json!({ "array_metadatas": list }), JsonStyle::Python)).await?;
+        let file = format!("array_metadatas/process_{}", role.index);
+        put(&file, to_string(&json!({ "array_metadatas": list }), JsonStyle::Python)).await?;
     }
-    if !strings.is_empty() {
+    if !strings.is_empty() && role.is_primary() {
         let object: Map<String, Value> = strings.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
         put("_strings.json", to_string(&Value::Object(object), JsonStyle::Compact)).await?;
+    }
+    Ok(written)
+}
+
+/// Completes a PyTree item of a multi-process save once every process has
+/// written its share (run by the primary): merges the per-process databases
+/// into the item's database (OCDBT layout), then checks that some process
+/// wrote every chunk of every array (`arrays`, as [`write`] returned them).
+pub(super) async fn finish_shared(
+    store: &Arc<dyn Storage>,
+    dir: &str,
+    arrays: &[(String, ArrayMetadata)],
+    process_count: usize,
+    options: &SaveOptions,
+) -> Result<()> {
+    if arrays.is_empty() {
+        return Ok(());
+    }
+    let present: Box<dyn Fn(&str) -> bool + Send + Sync> = if options.use_ocdbt {
+        let children: Vec<String> = (0..process_count).map(process_database).collect();
+        merge_databases(store.clone(), dir, &children, writer_options(options)).await?;
+        let db = Database::open(store.clone(), dir).await?;
+        Box::new(move |key: &str| db.value_ref(key.as_bytes()).is_some())
+    } else {
+        let listed: HashSet<String> = store.list(dir).await?.into_iter().map(|object| object.key).collect();
+        let dir = dir.to_string();
+        Box::new(move |key: &str| listed.contains(&join_key(&dir, key)))
+    };
+    for (name, metadata) in arrays {
+        let grid = metadata.grid_shape();
+        for n in 0..num_elements(&grid).expect("bounded by the array size") {
+            let key = array_key(name, &metadata.key_encoding.key(&unravel(n, &grid)));
+            if !present(&key) {
+                return Err(Error::InvalidArgument(format!(
+                    "{dir}: no process wrote chunk {key} of array {name:?}: the process holding the first device \
+                     of that region (in mesh order) must pass that device's shard"
+                )));
+            }
+        }
     }
     Ok(())
 }

@@ -131,9 +131,24 @@ impl ArrayMetadata {
     /// Copies chunk `index` out of the whole array's data (C order, memory
     /// form), padding past the array's edge with the fill value.
     pub fn extract_chunk<'d>(&self, data: &'d [u8], index: &[u64]) -> std::borrow::Cow<'d, [u8]> {
+        self.extract_chunk_from(data, &self.shape, &vec![0; self.shape.len()], index)
+    }
+
+    /// [`extract_chunk`](Self::extract_chunk) from a block of the array:
+    /// `data` holds the elements (C order) of the block of shape `block_shape`
+    /// whose first element is at `block_origin`; the block must contain the
+    /// chunk's part inside the array (as a shard of a sharded array contains
+    /// its chunks when chunks divide the shards).
+    pub fn extract_chunk_from<'d>(
+        &self,
+        data: &'d [u8],
+        block_shape: &[u64],
+        block_origin: &[u64],
+        index: &[u64],
+    ) -> std::borrow::Cow<'d, [u8]> {
         let item = self.dtype.size();
         let (origin, extent) = self.chunk_region(index);
-        if extent == self.chunk_shape && self.chunk_shape == self.shape {
+        if extent == self.chunk_shape && block_shape == self.chunk_shape && block_origin == origin {
             return std::borrow::Cow::Borrowed(data);
         }
         let chunk_elements = num_elements(&self.chunk_shape).expect("valid chunk shape") as usize;
@@ -142,7 +157,8 @@ impl ArrayMetadata {
             fill_with(&mut out, &self.fill_value);
         }
         let zero = vec![0; self.shape.len()];
-        let from = Region { shape: &self.shape, origin: &origin };
+        let within: Vec<u64> = origin.iter().zip(block_origin).map(|(o, b)| o - b).collect();
+        let from = Region { shape: block_shape, origin: &within };
         copy_block(data, from, &mut out, Region { shape: &self.chunk_shape, origin: &zero }, &extent, item);
         std::borrow::Cow::Owned(out)
     }

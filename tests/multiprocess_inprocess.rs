@@ -1,0 +1,149 @@
+//! Multi-process saves with the processes as tasks of one test (fast, every
+//! layout): 4 processes of 2 devices each save one checkpoint; it reads
+//! back exactly, with one process's share missing the save fails naming the
+//! array, and the merged database references the per-process data files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orbax::metadata::{PartitionSpecEntry, Sharding};
+use orbax::multiprocess::{MultiProcess, StorageCoordinator};
+use orbax::sharded::{device_regions, ShardedArray};
+use orbax::storage::{InMemory, LocalFileSystem, Storage};
+use orbax::{Array, DType, LoadOptions, PyTree, SaveOptions};
+
+const PROCESSES: usize = 4;
+
+fn mesh(shape: &[u64], names: &[&str], spec: Vec<PartitionSpecEntry>) -> Sharding {
+    Sharding::Named {
+        mesh_shape: shape.to_vec(),
+        axis_names: names.iter().map(|n| n.to_string()).collect(),
+        axis_types: None,
+        partition_spec: spec,
+        device_ids: (0..8).collect(),
+        memory_kind: None,
+    }
+}
+
+fn axis(name: &str) -> PartitionSpecEntry {
+    PartitionSpecEntry::Axis(name.into())
+}
+
+/// Pseudo-random f32 values (so chunks do not compress below the inline limit).
+fn noise(shape: Vec<u64>, seed: u32) -> Array {
+    let n: u64 = shape.iter().product();
+    let data = (0..n as u32)
+        .flat_map(|i| {
+            let h = (i ^ seed).wrapping_mul(2654435761).rotate_left(13).wrapping_mul(40503);
+            (h as f32 / 7.0).to_le_bytes()
+        })
+        .collect();
+    Array::new(DType::Float32, shape, data).unwrap()
+}
+
+/// The global arrays and their shardings (name, array, sharding).
+fn globals() -> Vec<(&'static str, Array, Sharding)> {
+    vec![
+        ("x", noise(vec![16, 300], 1), mesh(&[8], &["x"], vec![axis("x"), PartitionSpecEntry::None])),
+        // Replicated across processes: devices 0 and 4 hold the same rows.
+        ("r", noise(vec![8, 30], 2), mesh(&[2, 4], &["a", "b"], vec![axis("b")])),
+        ("rep", noise(vec![5], 3), mesh(&[8], &["x"], vec![])),
+    ]
+}
+
+/// Process `p`'s tree: its devices' shards (all but `drop` devices), plus whole leaves.
+fn tree_of(p: usize, drop: &[i64]) -> PyTree {
+    let mine = |d: i64| d as usize / 2 == p && !drop.contains(&d);
+    let mut leaves: Vec<(String, PyTree)> = globals()
+        .into_iter()
+        .map(|(name, array, sharding)| {
+            let regions: Vec<_> =
+                device_regions(&sharding, array.shape()).unwrap().into_iter().filter(|(d, _)| mine(*d)).collect();
+            (name.to_string(), PyTree::Sharded(ShardedArray::from_array(&array, Some(sharding), &regions).unwrap()))
+        })
+        .collect();
+    leaves.push(("host".into(), PyTree::Array(noise(vec![40, 20], 4))));
+    leaves.push(("n".into(), PyTree::Scalar(9i64.into())));
+    leaves.push(("s".into(), PyTree::String("four processes".into())));
+    PyTree::Dict(leaves)
+}
+
+fn expected() -> PyTree {
+    let mut leaves: Vec<(String, PyTree)> =
+        globals().into_iter().map(|(name, array, _)| (name.to_string(), PyTree::Array(array))).collect();
+    leaves.push(("host".into(), PyTree::Array(noise(vec![40, 20], 4))));
+    leaves.push(("n".into(), PyTree::Scalar(9i64.into())));
+    leaves.push(("s".into(), PyTree::String("four processes".into())));
+    PyTree::Dict(leaves)
+}
+
+/// Runs the save in `PROCESSES` tasks; returns each process's result.
+async fn save_together(
+    store: &Arc<dyn Storage>,
+    path: &str,
+    base: &SaveOptions,
+    drop: &[i64],
+    run: &str,
+    timeout: Duration,
+) -> Vec<orbax::Result<()>> {
+    let tasks: Vec<_> = (0..PROCESSES)
+        .map(|p| {
+            let store = store.clone();
+            let coordinator =
+                StorageCoordinator::new(store.clone(), format!("coordination/{run}"), p, PROCESSES).unwrap();
+            let mut multiprocess = MultiProcess::new(Arc::new(coordinator));
+            multiprocess.barrier_timeout = timeout;
+            let options = SaveOptions { multiprocess: Some(multiprocess), ..base.clone() };
+            let (path, tree) = (path.to_string(), tree_of(p, drop));
+            tokio::spawn(async move { orbax::save_pytree(&store, &path, &tree, &options).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_processes_save_one_checkpoint_in_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<dyn Storage>> = vec![Arc::new(InMemory::new()), Arc::new(LocalFileSystem::new(dir.path()))];
+    for store in &stores {
+        for (n, (use_ocdbt, use_zarr3)) in
+            [(true, true), (true, false), (false, true), (false, false)].into_iter().enumerate()
+        {
+            let options = SaveOptions { use_ocdbt, use_zarr3, ..Default::default() };
+            let path = format!("ckpt{n}");
+            let results = save_together(store, &path, &options, &[], &format!("run{n}"), Duration::from_secs(60)).await;
+            assert!(results.iter().all(|r| r.is_ok()), "{store:?} {path}: {results:?}");
+            let back = orbax::load_pytree(store, &path, &LoadOptions::default()).await.unwrap();
+            assert_eq!(back, expected(), "{store:?} {path}");
+            if use_ocdbt {
+                let keys: Vec<String> =
+                    store.list(&format!("{path}/state")).await.unwrap().into_iter().map(|o| o.key).collect();
+                for p in 0..PROCESSES {
+                    assert!(keys.contains(&format!("{path}/state/ocdbt.process_{p}/manifest.ocdbt")), "{keys:?}");
+                    assert!(keys.contains(&format!("{path}/state/array_metadatas/process_{p}")), "{keys:?}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_nobody_writes_fails_the_save_naming_the_array() {
+    let store: Arc<dyn Storage> = Arc::new(InMemory::new());
+    // Device 6 holds rows 12..14 of "x" alone; without its shard nobody writes them.
+    let timeout = Duration::from_secs(2);
+    let results = save_together(&store, "ckpt", &SaveOptions::default(), &[6], "missing", timeout).await;
+    let err = results[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("no process wrote chunk x/c/6/0 of array \"x\""), "{err}");
+    // The others learn of it as process 0 never committing.
+    for result in &results[1..] {
+        let err = result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("save-committed") && err.contains("waiting for processes [0]"), "{err}");
+    }
+    let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
+    assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
+}
