@@ -222,3 +222,54 @@ async fn two_process_save_matches_orbax_fixture() {
     let theirs = orbax::load_pytree(&orbax_store, "", &LoadOptions::default()).await.unwrap();
     assert_eq!(ours, theirs);
 }
+
+/// Four processes run a training loop with one `Checkpointer` each on the
+/// same root: every saved step is one checkpoint written together; process 0
+/// alone deletes what the policy drops, and all agree on the kept steps.
+#[test]
+fn four_process_training_loop_keeps_the_policy_steps() {
+    use orbax::training::preservation::LatestN;
+    use orbax::training::save_decision::FixedInterval;
+    use orbax::training::{Checkpointer, CheckpointerOptions, StepSave};
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<dyn Storage>> = vec![Arc::new(LocalFileSystem::new(dir.path())), Arc::new(InMemory::new())];
+    for store in stores {
+        let threads: Vec<_> = (0..PROCESSES)
+            .map(|p| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let coordinator =
+                        StorageCoordinator::new(store.clone(), "coordination/loop", p, PROCESSES).unwrap();
+                    let mut multiprocess = MultiProcess::new(Arc::new(coordinator));
+                    multiprocess.barrier_timeout = Duration::from_secs(60);
+                    let options = CheckpointerOptions {
+                        save_decision: Arc::new(FixedInterval(2)),
+                        preservation: Arc::new(LatestN(2)),
+                        save_options: SaveOptions { multiprocess: Some(multiprocess), ..Default::default() },
+                        ..Default::default()
+                    };
+                    let mut ckpt = Checkpointer::open(store, "run", options).unwrap();
+                    let tree = tree_of(p, &[]);
+                    for step in 0..10 {
+                        if step % 4 == 0 {
+                            ckpt.save_async(step, &tree, StepSave::default()).unwrap();
+                        } else {
+                            ckpt.save(step, &tree, StepSave::default()).unwrap();
+                        }
+                    }
+                    ckpt.wait().unwrap();
+                    let kept: Vec<u64> = ckpt.checkpoints().unwrap().iter().map(|c| c.step).collect();
+                    ckpt.close().unwrap();
+                    kept
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), [6, 8], "{store:?}");
+        }
+        let mut reopened = Checkpointer::open(store.clone(), "run", CheckpointerOptions::default()).unwrap();
+        let steps: Vec<u64> = reopened.checkpoints().unwrap().iter().map(|c| c.step).collect();
+        assert_eq!(steps, [6, 8], "{store:?}");
+        assert_eq!(reopened.load(None, &LoadOptions::default()).unwrap(), expected(), "{store:?}");
+    }
+}

@@ -104,6 +104,17 @@ pub struct StepSave {
 /// [`Checkpointer::close`]. Dropping a `Checkpointer` waits for the save in
 /// flight and prints its error, if any, on stderr; call `close` to get it.
 ///
+/// In a multi-process job every process opens a `Checkpointer` on the same
+/// root with [`SaveOptions::multiprocess`](crate::SaveOptions::multiprocess)
+/// set in [`CheckpointerOptions::save_options`] and calls the same methods
+/// for the same steps; each step is saved by all together (see
+/// [`crate::multiprocess`]), and process 0 alone writes the root metadata,
+/// cleans up unfinished saves and deletes steps. The save decision must come
+/// out the same in every process: use step-based policies (fixed interval,
+/// specific steps, initial) or raise the preemption flag at the same step
+/// everywhere; time-based decisions may differ between processes and then
+/// stall the save at a barrier until it times out.
+///
 /// ```no_run
 /// use std::sync::Arc;
 /// use orbax::storage::{LocalFileSystem, Storage};
@@ -169,7 +180,18 @@ impl Checkpointer {
         Ok(checkpointer)
     }
 
+    /// Whether this process manages the root: always, unless it is a
+    /// non-primary process of a multi-process job, which saves its share of
+    /// each step but leaves root metadata, cleanup and deletions to process 0.
+    fn is_primary(&self) -> bool {
+        self.options.save_options.multiprocess.as_ref().is_none_or(|mp| mp.is_primary())
+    }
+
     async fn initialize(&mut self) -> Result<()> {
+        if !self.is_primary() {
+            self.checkpoints = list_root(&self.store, &self.root, Some(&self.options.step_name_format)).await?;
+            return Ok(());
+        }
         if let Some(custom) = &self.options.custom_metadata {
             let key = join_key(&self.root, ROOT_METADATA_FILE);
             let document = json!({ "internal_metadata": {}, "custom_metadata": custom });
@@ -321,7 +343,9 @@ impl Checkpointer {
             if !args.overwrite {
                 return Err(Error::Storage(StorageError::AlreadyExists { key: path }));
             }
-            block_on(delete_step_dir(&self.store, &path))?;
+            if self.is_primary() {
+                block_on(delete_step_dir(&self.store, &path))?;
+            }
             self.checkpoints.remove(existing);
         } else {
             block_on(refuse_foreign_step(&self.store, &path))?;
@@ -334,12 +358,17 @@ impl Checkpointer {
         let (store, root, previous) = (self.store.clone(), self.root.clone(), self.checkpoints.clone());
         let preservation = self.options.preservation.clone();
         let metrics = args.metrics;
+        let primary = self.is_primary();
         self.in_flight = Some(TaskHandle::spawn(format!("save of {path}"), move || async move {
             save_step(&store, &path, &items, metrics.as_ref(), &save_options).await?;
             let mut all = previous;
             all.push(CheckpointInfo { step, dir, time_ns, metrics });
             all.sort_by_key(|c| c.step);
-            collect_garbage(&store, &root, all, preservation.as_ref()).await
+            if primary {
+                collect_garbage(&store, &root, all, preservation.as_ref()).await
+            } else {
+                Ok(preserved(all, preservation.as_ref()).0)
+            }
         }));
         Ok(true)
     }
@@ -390,7 +419,9 @@ impl Checkpointer {
     pub fn delete(&mut self, step: u64) -> Result<()> {
         self.wait()?;
         let path = self.existing_step_path(Some(step))?;
-        block_on(delete_step_dir(&self.store, &path))?;
+        if self.is_primary() {
+            block_on(delete_step_dir(&self.store, &path))?;
+        }
         self.checkpoints.retain(|c| c.step != step);
         Ok(())
     }
@@ -450,16 +481,21 @@ pub async fn collect_garbage(
     checkpoints: Vec<CheckpointInfo>,
     policy: &dyn PreservationPolicy,
 ) -> Result<Vec<CheckpointInfo>> {
-    let keep = policy.should_preserve(&checkpoints);
-    let mut kept = Vec::new();
-    for (checkpoint, keep) in checkpoints.into_iter().zip(keep) {
-        if keep {
-            kept.push(checkpoint);
-        } else {
-            delete_step_dir(store, &join_key(root, &checkpoint.dir)).await?;
-        }
+    let (kept, doomed) = preserved(checkpoints, policy);
+    for checkpoint in doomed {
+        delete_step_dir(store, &join_key(root, &checkpoint.dir)).await?;
     }
     Ok(kept)
+}
+
+/// Splits `checkpoints` into those `policy` preserves and the others.
+fn preserved(
+    checkpoints: Vec<CheckpointInfo>,
+    policy: &dyn PreservationPolicy,
+) -> (Vec<CheckpointInfo>, Vec<CheckpointInfo>) {
+    let keep = policy.should_preserve(&checkpoints);
+    let (kept, doomed): (Vec<_>, Vec<_>) = checkpoints.into_iter().zip(keep).partition(|(_, keep)| *keep);
+    (kept.into_iter().map(|(c, _)| c).collect(), doomed.into_iter().map(|(c, _)| c).collect())
 }
 
 /// Deletes a step directory so that no crash leaves a step that looks
