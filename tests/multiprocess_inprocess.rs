@@ -86,6 +86,18 @@ async fn save_together(
     run: &str,
     timeout: Duration,
 ) -> Vec<orbax::Result<()>> {
+    save_trees(store, path, base, run, timeout, |p| tree_of(p, drop)).await
+}
+
+/// Runs the save in `PROCESSES` tasks, process `p` saving `tree(p)`.
+async fn save_trees(
+    store: &Arc<dyn Storage>,
+    path: &str,
+    base: &SaveOptions,
+    run: &str,
+    timeout: Duration,
+    tree: impl Fn(usize) -> PyTree,
+) -> Vec<orbax::Result<()>> {
     let tasks: Vec<_> = (0..PROCESSES)
         .map(|p| {
             let store = store.clone();
@@ -94,7 +106,7 @@ async fn save_together(
             let mut multiprocess = MultiProcess::new(Arc::new(coordinator));
             multiprocess.barrier_timeout = timeout;
             let options = SaveOptions { multiprocess: Some(multiprocess), ..base.clone() };
-            let (path, tree) = (path.to_string(), tree_of(p, drop));
+            let (path, tree) = (path.to_string(), tree(p));
             tokio::spawn(async move { orbax::save_pytree(&store, &path, &tree, &options).await })
         })
         .collect();
@@ -138,12 +150,36 @@ async fn a_region_nobody_writes_fails_the_save_naming_the_array() {
     let timeout = Duration::from_secs(2);
     let results = save_together(&store, "ckpt", &SaveOptions::default(), &[6], "missing", timeout).await;
     let err = results[0].as_ref().unwrap_err().to_string();
-    assert!(err.contains("no process wrote chunk x/c/6/0 of array \"x\""), "{err}");
+    assert!(err.contains("no process wrote x/c/6/0 of array \"x\" (1 key missing in all)"), "{err}");
     // The others learn of it as process 0 never committing.
     for result in &results[1..] {
         let err = result.as_ref().unwrap_err().to_string();
         assert!(err.contains("save-committed") && err.contains("waiting for processes [0]"), "{err}");
     }
+    let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
+    assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_saving_different_trees_fail_the_save() {
+    let store: Arc<dyn Storage> = Arc::new(InMemory::new());
+    // Process 1 has a leaf the others lack (and writes its shards of it).
+    let tree = |p: usize| {
+        let PyTree::Dict(mut leaves) = tree_of(p, &[]) else { unreachable!() };
+        if p == 1 {
+            let (_, array, sharding) = globals().remove(0);
+            let regions: Vec<_> =
+                device_regions(&sharding, array.shape()).unwrap().into_iter().filter(|(d, _)| *d / 2 == 1).collect();
+            leaves.push((
+                "zzz".into(),
+                PyTree::Sharded(ShardedArray::from_array(&array, Some(sharding), &regions).unwrap()),
+            ));
+        }
+        PyTree::Dict(leaves)
+    };
+    let results = save_trees(&store, "ckpt", &SaveOptions::default(), "differ", Duration::from_secs(2), tree).await;
+    let err = results[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("a process wrote zzz/c/2/0, which belongs to no array of process 0's tree"), "{err}");
     let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
     assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
 }

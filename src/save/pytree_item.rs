@@ -476,27 +476,47 @@ pub(super) async fn finish_shared(
     if arrays.is_empty() {
         return Ok(());
     }
-    let present: Box<dyn Fn(&str) -> bool + Send + Sync> = if options.use_ocdbt {
+    // Every key the item must have: each array's metadata and chunks.
+    let mut expected: HashSet<String> = HashSet::new();
+    for (name, metadata) in arrays {
+        expected.insert(array_key(name, metadata.file_name()));
+        let grid = metadata.grid_shape();
+        for n in 0..num_elements(&grid).expect("bounded by the array size") {
+            expected.insert(array_key(name, &metadata.key_encoding.key(&unravel(n, &grid))));
+        }
+    }
+    let present: HashSet<String> = if options.use_ocdbt {
         let children: Vec<String> = (0..process_count).map(process_database).collect();
         merge_databases(store.clone(), dir, &children, writer_options(options)).await?;
         let db = Database::open(store.clone(), dir).await?;
-        Box::new(move |key: &str| db.value_ref(key.as_bytes()).is_some())
-    } else {
-        let listed: HashSet<String> = store.list(dir).await?.into_iter().map(|object| object.key).collect();
-        let dir = dir.to_string();
-        Box::new(move |key: &str| listed.contains(&join_key(&dir, key)))
-    };
-    for (name, metadata) in arrays {
-        let grid = metadata.grid_shape();
-        for n in 0..num_elements(&grid).expect("bounded by the array size") {
-            let key = array_key(name, &metadata.key_encoding.key(&unravel(n, &grid)));
-            if !present(&key) {
-                return Err(Error::InvalidArgument(format!(
-                    "{dir}: no process wrote chunk {key} of array {name:?}: the process holding the first device \
-                     of that region (in mesh order) must pass that device's shard"
-                )));
-            }
+        let present: HashSet<String> = db.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+        // Keys of no array of this item: the processes disagree on the tree.
+        if let Some(key) = present.iter().filter(|k| !expected.contains(*k)).min() {
+            return Err(Error::InvalidArgument(format!(
+                "{dir}: a process wrote {key}, which belongs to no array of process 0's tree; \
+                 all processes must save the same tree structure"
+            )));
         }
+        present
+    } else {
+        let prefix = format!("{dir}/");
+        let listed = store.list(dir).await?;
+        listed.into_iter().filter_map(|object| object.key.strip_prefix(&prefix).map(str::to_string)).collect()
+    };
+    let mut missing: Vec<&String> = expected.iter().filter(|k| !present.contains(*k)).collect();
+    missing.sort();
+    if let Some(key) = missing.first() {
+        let array = arrays
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| key.starts_with(&format!("{name}/")))
+            .max_by_key(|n| n.len());
+        return Err(Error::InvalidArgument(format!(
+            "{dir}: no process wrote {key} of array {:?} ({} missing in all): the process holding the first \
+             device of that region (in mesh order) must pass that device's shard",
+            array.map_or("?", |n| n.as_str()),
+            if missing.len() == 1 { "1 key".to_string() } else { format!("{} keys", missing.len()) }
+        )));
     }
     Ok(())
 }
