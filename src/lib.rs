@@ -21,7 +21,10 @@
 //!   (numpy casting and Orbax's chunk-shape rule).
 //! * training loops: [`save_pytree_async`] (returns once the data is
 //!   copied) and [`training::Checkpointer`] (steps under a root, save and
-//!   preservation policies, like Orbax's `training.Checkpointer`).
+//!   preservation policies, like Orbax's `training.Checkpointer`);
+//!   [`multiprocess`]: several processes saving one checkpoint (each its
+//!   own shards into `ocdbt.process_<i>/`, merged by process 0), coordinated
+//!   by a small [`multiprocess::Coordinator`] trait.
 //!
 //! ```no_run
 //! use std::sync::Arc;
