@@ -72,6 +72,27 @@ async fn in_memory_dead_process_gives_timeout_naming_it() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborting_process_fails_the_others_at_once_with_its_reason() {
+    let store: Arc<dyn Storage> = Arc::new(InMemory::new());
+    let start = Instant::now();
+    let waiting = run_barrier(&store, "first", &[0, 1], 3, Duration::from_secs(30));
+    let aborting = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let coordinator = StorageCoordinator::new(store.clone(), "coord", 2, 3).unwrap();
+        coordinator.abort("first", "disk full").await
+    };
+    let (results, aborted) = tokio::join!(waiting, aborting);
+    aborted.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    for result in results {
+        match result {
+            Err(CoordinationError::Aborted { process: 2, reason, .. }) => assert_eq!(reason, "disk full"),
+            other => panic!("expected process 2's abort, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn reused_barrier_name_and_bad_index_are_errors() {
     let store: Arc<dyn Storage> = Arc::new(InMemory::new());

@@ -85,14 +85,17 @@ async fn four_processes_save_one_checkpoint_in_every_layout() {
 async fn a_region_nobody_writes_fails_the_save_naming_the_array() {
     let store: Arc<dyn Storage> = Arc::new(InMemory::new());
     // Device 6 holds rows 12..14 of "x" alone; without its shard nobody writes them.
-    let timeout = Duration::from_secs(2);
+    let timeout = Duration::from_secs(60);
+    let start = std::time::Instant::now();
     let results = save_together(&store, "ckpt", &SaveOptions::default(), &[6], "missing", timeout).await;
+    assert!(start.elapsed() < Duration::from_secs(20), "the processes waited for the timeout");
     let err = results[0].as_ref().unwrap_err().to_string();
     assert!(err.contains("no process wrote x/c/6/0 of array \"x\" (1 key missing in all)"), "{err}");
-    // The others learn of it as process 0 never committing.
+    // The others fail at the next barrier with process 0's error, without waiting for the timeout.
     for result in &results[1..] {
         let err = result.as_ref().unwrap_err().to_string();
-        assert!(err.contains("save-committed") && err.contains("waiting for processes [0]"), "{err}");
+        assert!(err.contains("barrier \"save-committed\": process 0 gave up: ckpt"), "{err}");
+        assert!(err.contains("no process wrote x/c/6/0"), "{err}");
     }
     let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
     assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
@@ -115,9 +118,11 @@ async fn processes_saving_different_trees_fail_the_save() {
         }
         PyTree::Dict(leaves)
     };
-    let results = save_trees(&store, "ckpt", &SaveOptions::default(), "differ", Duration::from_secs(2), tree).await;
-    let err = results[0].as_ref().unwrap_err().to_string();
-    assert!(err.contains("a process wrote zzz/c/2/0, which belongs to no array of process 0's tree"), "{err}");
+    let results = save_trees(&store, "ckpt", &SaveOptions::default(), "differ", Duration::from_secs(60), tree).await;
+    for result in &results {
+        let err = result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("a process wrote zzz/c/2/0, which belongs to no array of process 0's tree"), "{err}");
+    }
     let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
     assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
 }
@@ -246,4 +251,31 @@ fn four_process_training_loop_keeps_the_policy_steps() {
         assert_eq!(steps, [6, 8], "{store:?}");
         assert_eq!(reopened.load(None, &LoadOptions::default()).unwrap(), expected(), "{store:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_process_fails_the_others_with_its_error() {
+    let store: Arc<dyn Storage> = Arc::new(InMemory::new());
+    // Process 3 gives device 6 the rows of device 7.
+    let tree = |p: usize| {
+        let PyTree::Dict(mut leaves) = tree_of(p, &[]) else { unreachable!() };
+        if p == 3 {
+            let (_, array, sharding) = globals().remove(0);
+            let regions = device_regions(&sharding, array.shape()).unwrap();
+            let wrong = vec![(6, regions[7].1.clone()), (7, regions[7].1.clone())];
+            leaves[0].1 = PyTree::Sharded(ShardedArray::from_array(&array, Some(sharding), &wrong).unwrap());
+        }
+        PyTree::Dict(leaves)
+    };
+    let start = std::time::Instant::now();
+    let results = save_trees(&store, "ckpt", &SaveOptions::default(), "fails", Duration::from_secs(60), tree).await;
+    assert!(start.elapsed() < Duration::from_secs(20), "the processes waited for the timeout");
+    let own = results[3].as_ref().unwrap_err().to_string();
+    assert!(own.contains("['x']: the shard of device 6 covers [14..16, 0..300]"), "{own}");
+    for result in &results[..3] {
+        let err = result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("barrier \"save-written\": process 3 gave up: ['x']: the shard of device 6"), "{err}");
+    }
+    let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
+    assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
 }

@@ -49,6 +49,16 @@ pub enum CoordinationError {
         /// The number of processes.
         count: usize,
     },
+    /// Another process gave up before this barrier (see [`Coordinator::abort`]).
+    #[error("barrier {name:?}: process {process} gave up: {reason}")]
+    Aborted {
+        /// The barrier's name.
+        name: String,
+        /// The process that gave up.
+        process: usize,
+        /// Its reason (its error message).
+        reason: String,
+    },
     /// The process index is not below the process count.
     #[error("process index {index} is not below the process count {count}")]
     BadIndex {
@@ -74,6 +84,7 @@ impl CoordinationError {
         match self {
             CoordinationError::Timeout { .. } => ErrorKind::Io,
             CoordinationError::Reused { .. } => ErrorKind::AlreadyExists,
+            CoordinationError::Aborted { .. } => ErrorKind::Io,
             CoordinationError::BadMarker { .. } | CoordinationError::BadIndex { .. } => ErrorKind::InvalidArgument,
             CoordinationError::Storage { source, .. } => source.kind(),
         }
@@ -93,6 +104,15 @@ pub trait Coordinator: Send + Sync {
     /// Waits until all processes have reached the barrier `name`, or fails
     /// with [`CoordinationError::Timeout`] naming the missing processes.
     async fn barrier(&self, name: &str, timeout: Duration) -> Result<(), CoordinationError>;
+
+    /// Gives up on the next barrier, called `name`, in place of reaching it:
+    /// the processes waiting there (or arriving later) should fail with
+    /// [`CoordinationError::Aborted`] carrying `reason`, rather than time out.
+    /// Best effort; the default does nothing, so the others time out.
+    async fn abort(&self, name: &str, reason: &str) -> Result<(), CoordinationError> {
+        let _ = (name, reason);
+        Ok(())
+    }
 }
 
 /// A [`Coordinator`] that uses marker objects in a store: arriving at its
@@ -108,6 +128,8 @@ pub trait Coordinator: Send + Sync {
 /// scheduler's job id): a marker left by an earlier run fails with
 /// [`CoordinationError::Reused`] instead of letting a barrier pass on stale
 /// markers. [`StorageCoordinator::remove`] deletes a barrier's markers.
+/// [`Coordinator::abort`] puts `aborted_<i>` (holding the reason) where the
+/// marker would go; a process that lists it fails at once.
 pub struct StorageCoordinator {
     store: Arc<dyn Storage>,
     prefix: String,
@@ -150,27 +172,36 @@ impl StorageCoordinator {
         Ok(())
     }
 
-    /// The processes whose markers are not yet in `dir`, the directory of barrier `name`.
+    /// Counts a barrier called `name`: the directory of the last one passed
+    /// and the directory of this one.
+    fn next_barrier(&self, name: &str) -> (Option<String>, String) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.1 += 1;
+        (state.0.clone(), format!("{}/{:06}-{name}/", self.prefix, state.1 - 1))
+    }
+
+    /// The processes whose markers are not yet in `dir`, the directory of
+    /// barrier `name`; an error if one of them gave up there.
     async fn missing(&self, name: &str, dir: &str) -> Result<Vec<usize>, CoordinationError> {
-        let dir = dir.to_string();
-        let listed = self
-            .store
-            .list(&dir)
-            .await
-            .map_err(|source| CoordinationError::Storage { name: name.to_string(), source })?;
+        let storage = |source| CoordinationError::Storage { name: name.to_string(), source };
+        let listed = self.store.list(dir).await.map_err(storage)?;
         let mut arrived = vec![false; self.count];
         for meta in listed {
-            // Other names are the store's own temporary files (e.g. a local disk's `.process_3.<pid>.tmp`).
-            let Some(index) = meta
-                .key
-                .strip_prefix(&dir)
-                .and_then(|rest| rest.strip_prefix("process_"))
-                .and_then(|i| i.parse::<usize>().ok())
-            else {
-                continue;
+            let Some(rest) = meta.key.strip_prefix(dir) else { continue };
+            let (aborted, index) = match (rest.strip_prefix("process_"), rest.strip_prefix("aborted_")) {
+                (Some(i), _) => (false, i),
+                (_, Some(i)) => (true, i),
+                // The store's own temporary files (e.g. a local disk's `.process_3.<pid>.tmp`).
+                _ => continue,
             };
+            let Ok(index) = index.parse::<usize>() else { continue };
             if index >= self.count {
                 return Err(CoordinationError::BadMarker { name: name.to_string(), key: meta.key, count: self.count });
+            }
+            if aborted {
+                let reason = self.store.get(&meta.key).await.map_err(storage)?;
+                let reason = String::from_utf8_lossy(&reason).into_owned();
+                return Err(CoordinationError::Aborted { name: name.to_string(), process: index, reason });
             }
             arrived[index] = true;
         }
@@ -189,11 +220,7 @@ impl Coordinator for StorageCoordinator {
     }
 
     async fn barrier(&self, name: &str, timeout: Duration) -> Result<(), CoordinationError> {
-        let (previous, dir) = {
-            let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            state.1 += 1;
-            (state.0.clone(), format!("{}/{:06}-{name}/", self.prefix, state.1 - 1))
-        };
+        let (previous, dir) = self.next_barrier(name);
         let key = format!("{dir}process_{}", self.index);
         match self.store.put(&key, Bytes::new(), PutMode::Create).await {
             Ok(()) => {}
@@ -230,5 +257,15 @@ impl Coordinator for StorageCoordinator {
             tokio::time::sleep(poll.min(timeout - elapsed)).await;
             poll = (poll * 2).min(Self::MAX_POLL);
         }
+    }
+
+    async fn abort(&self, name: &str, reason: &str) -> Result<(), CoordinationError> {
+        let (_, dir) = self.next_barrier(name);
+        let key = format!("{dir}aborted_{}", self.index);
+        let reason = Bytes::from(reason.to_string());
+        self.store
+            .put(&key, reason, PutMode::Overwrite)
+            .await
+            .map_err(|source| CoordinationError::Storage { name: name.to_string(), source })
     }
 }

@@ -20,8 +20,9 @@
 //! (`save-written`); the primary merges the per-process databases, checks
 //! every chunk was written, writes `_CHECKPOINT_METADATA` and commits as
 //! above, and all return once it has (`save-committed`). A process that
-//! fails or dies makes the others' barrier time out naming it, and nothing
-//! is committed.
+//! fails gives up the next barrier ([`crate::multiprocess::Coordinator::abort`]),
+//! so the others fail there with its error; one that dies makes their
+//! barrier time out naming it. Either way nothing is committed.
 
 mod async_save;
 mod pytree_item;
@@ -225,6 +226,57 @@ async fn save_items(
     items: &[(&str, Item<'_>)],
     options: &SaveOptions,
 ) -> Result<()> {
+    let mut phases = Phases { options, next: 0 };
+    let result = save_in_phases(store, path, items, options, &mut phases).await;
+    if let Err(e) = &result {
+        phases.abort(e).await;
+    }
+    result
+}
+
+/// The barriers of a multi-process save, in order (see the module docs).
+const PHASES: [&str; 3] = ["save-begin", "save-written", "save-committed"];
+
+/// Where a save is among [`PHASES`]; without other processes there is nothing to wait for.
+struct Phases<'a> {
+    options: &'a SaveOptions,
+    /// Index of the next barrier in [`PHASES`].
+    next: usize,
+}
+
+impl Phases<'_> {
+    /// Waits for the other processes at the next barrier.
+    async fn pass(&mut self) -> Result<()> {
+        let phase = PHASES[self.next];
+        self.next += 1;
+        if let Some(mp) = &self.options.multiprocess {
+            mp.coordinator.barrier(phase, mp.barrier_timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the other processes this one gave up with `error`, so that they
+    /// fail at the next barrier instead of timing out there. Coordination
+    /// failures are not passed on: the others see them at the same barrier.
+    async fn abort(&self, error: &Error) {
+        let (Some(mp), Some(phase)) = (&self.options.multiprocess, PHASES.get(self.next)) else { return };
+        if matches!(error, Error::Coordination(_)) {
+            return;
+        }
+        let reason = error.to_string();
+        if let Err(e) = mp.coordinator.abort(phase, &reason).await {
+            eprintln!("orbax: process {} could not tell the others that it failed ({reason}): {e}", mp.index());
+        }
+    }
+}
+
+async fn save_in_phases(
+    store: &Arc<dyn Storage>,
+    path: &str,
+    items: &[(&str, Item<'_>)],
+    options: &SaveOptions,
+    phases: &mut Phases<'_>,
+) -> Result<()> {
     let path = path.trim_end_matches('/');
     if path.is_empty() {
         return Err(Error::InvalidArgument("a checkpoint needs a non-empty path".into()));
@@ -248,7 +300,7 @@ async fn save_items(
     if role.is_primary() && (atomic || exists) {
         store.delete_prefix(&work).await?;
     }
-    barrier(options, "save-begin").await?;
+    phases.pass().await?;
 
     let init = now_ns();
     let mut handlers = Map::new();
@@ -274,9 +326,9 @@ async fn save_items(
             }
         }
     }
-    barrier(options, "save-written").await?;
+    phases.pass().await?;
     if !role.is_primary() {
-        return barrier(options, "save-committed").await;
+        return phases.pass().await;
     }
     if let Some(mp) = &options.multiprocess {
         for (dir, arrays) in &written {
@@ -318,13 +370,5 @@ async fn save_items(
             store.delete_prefix(&old).await?;
         }
     }
-    barrier(options, "save-committed").await
-}
-
-/// Waits for the other processes of a multi-process save at `phase`.
-async fn barrier(options: &SaveOptions, phase: &str) -> Result<()> {
-    if let Some(mp) = &options.multiprocess {
-        mp.coordinator.barrier(phase, mp.barrier_timeout).await?;
-    }
-    Ok(())
+    phases.pass().await
 }
