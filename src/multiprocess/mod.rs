@@ -9,13 +9,17 @@
 //! shards of its own devices. Each process writes the chunks of the regions it
 //! owns ([`regions_written_by`]: a region is written once, by the process
 //! holding the region's first device in mesh order, so replicated data is
-//! written once) into its own OCDBT database `<item>/ocdbt.process_<i>/`.
+//! written once) into its own OCDBT database `<item>/ocdbt.process_<i>/`
+//! (without OCDBT, straight into the arrays' directories).
 //! The primary (process 0) also writes everything a process holds whole
 //! (arrays without shards, scalars, strings, JSON items) and the item
 //! metadata; after a barrier it merges the per-process databases into the
 //! item's top-level database as Orbax does (values stay where they were
 //! written and are referenced from the merged B+tree), checks that every
-//! chunk was written, and commits.
+//! chunk was written, and commits. A process whose save fails makes the
+//! others fail at their next barrier with its error ([`Coordinator::abort`]);
+//! one that dies makes them time out naming it. A [`crate::training::Checkpointer`]
+//! per process does the same for each step.
 //!
 //! Coordination goes through the small [`Coordinator`] trait (a named
 //! barrier with a timeout, small enough to back with MPI or a scheduler's
