@@ -193,6 +193,9 @@ async fn truncated_values_are_found_by_verify_and_get() {
     assert_eq!(problems[0].kind(), ErrorKind::Truncated);
     let message = problems[0].to_string();
     assert!(message.contains(file) && message.contains("a/c/0"), "{message}");
+    // Checking extents only (no reads) finds the same problem.
+    let extents = db.verify_value_extents().await;
+    assert_eq!(extents.iter().map(|p| p.to_string()).collect::<Vec<_>>(), [message]);
     assert_eq!(db.get(b"a/c/0").await.unwrap_err().kind(), ErrorKind::Truncated);
     // Other values are still readable.
     assert_eq!(db.get(b"b/c/0").await.unwrap().unwrap().len(), 1536);

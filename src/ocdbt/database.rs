@@ -23,7 +23,7 @@ use crate::storage::{join_key, key_basename, Storage, StorageError};
 const NODE_BATCH: usize = 256;
 /// Largest read issued by [`Database::verify_values`].
 const VERIFY_READ_BYTES: u64 = 64 << 20;
-/// Data files read concurrently by [`Database::verify_values`].
+/// Data files checked concurrently by [`Database::verify_values`].
 const VERIFY_CONCURRENCY: usize = 4;
 /// Longest full key.
 const MAX_KEY_BYTES: usize = 65535;
@@ -430,7 +430,7 @@ impl Io<'_> {
     }
 }
 
-/// An out-of-line value to check in [`Database::verify_values`].
+/// An out-of-line value to check in [`Database::verify_values`] or [`Database::verify_value_extents`].
 struct StoredValue<'a> {
     key: &'a [u8],
     offset: u64,
@@ -660,17 +660,29 @@ impl Database {
     /// were already verified when the database was opened; values carry no
     /// checksum of their own.
     pub async fn verify_values(&self) -> Vec<OcdbtError> {
+        self.verify(true).await
+    }
+
+    /// Like [`verify_values`](Self::verify_values) without reading the
+    /// values: one size lookup per data file finds missing files and values
+    /// that extend past the end of theirs. For callers that read the values
+    /// anyway (`orbax verify` decodes every leaf).
+    pub async fn verify_value_extents(&self) -> Vec<OcdbtError> {
+        self.verify(false).await
+    }
+
+    async fn verify(&self, read: bool) -> Vec<OcdbtError> {
         let mut by_file: BTreeMap<&Arc<str>, Vec<StoredValue<'_>>> = BTreeMap::new();
         for (key, value) in &self.index {
             if let ValueRef::OutOfLine { file, offset, length } = value {
                 by_file.entry(file).or_default().push(StoredValue { key, offset: *offset, length: *length });
             }
         }
-        let checks = by_file.into_iter().map(|(file, values)| self.verify_file(file, values));
+        let checks = by_file.into_iter().map(|(file, values)| self.verify_file(file, values, read));
         stream::iter(checks).buffer_unordered(VERIFY_CONCURRENCY).concat().await
     }
 
-    async fn verify_file(&self, file: &str, values: Vec<StoredValue<'_>>) -> Vec<OcdbtError> {
+    async fn verify_file(&self, file: &str, values: Vec<StoredValue<'_>>, read: bool) -> Vec<OcdbtError> {
         let size = match self.store.head(file).await {
             Ok(meta) => meta.size,
             Err(e) => return vec![e.into()],
@@ -689,6 +701,9 @@ impl Database {
                         offset + length
                     ),
                 });
+                continue;
+            }
+            if !read {
                 continue;
             }
             let mut start = offset;
