@@ -304,13 +304,7 @@ impl DatabaseWriter {
     /// added twice, reported by [`finish`](Self::finish).
     pub async fn put(&mut self, key: &[u8], value: Bytes) -> Result<(), OcdbtError> {
         self.check_usable()?;
-        if key.len() > MAX_KEY_BYTES {
-            return Err(self.invalid(format!(
-                "key {} is {} bytes long, more than 65535",
-                describe_key(key),
-                key.len()
-            )));
-        }
+        self.check_key(key)?;
         let value = if value.len() as u64 <= u64::from(self.options.max_inline_value_bytes) {
             // A copy, so that a small slice does not keep a large buffer alive.
             Value::Inline(Bytes::copy_from_slice(&value))
@@ -342,13 +336,7 @@ impl DatabaseWriter {
         length: u64,
     ) -> Result<(), OcdbtError> {
         self.check_usable()?;
-        if key.len() > MAX_KEY_BYTES {
-            return Err(self.invalid(format!(
-                "key {} is {} bytes long, more than 65535",
-                describe_key(key),
-                key.len()
-            )));
-        }
+        self.check_key(key)?;
         let path = format!("{base_path}{relative_path}");
         if relative_path.is_empty() || validate_key(&path).is_err() || path.contains("//") {
             return Err(self.invalid(format!("{path:?} is not a safe data file path")));
@@ -411,6 +399,17 @@ impl DatabaseWriter {
 
     fn invalid(&self, what: String) -> OcdbtError {
         OcdbtError::InvalidArgument { database: self.prefix.clone(), what }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), OcdbtError> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(self.invalid(format!(
+                "key {} is {} bytes long, more than 65535",
+                describe_key(key),
+                key.len()
+            )));
+        }
+        Ok(())
     }
 
     fn check_usable(&self) -> Result<(), OcdbtError> {
