@@ -19,6 +19,17 @@ use super::writer::{DatabaseWriter, WriteSummary, WriterOptions};
 use super::OcdbtError;
 use crate::storage::{join_key, Storage};
 
+/// What [`merge_databases`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MergeSummary {
+    /// The new database.
+    pub written: WriteSummary,
+    /// Its keys, in no particular order (callers checking them need not
+    /// read the database back).
+    pub keys: Vec<Box<[u8]>>,
+}
+
 /// Writes a new database at `prefix` holding every key of the databases at
 /// `prefix/<child>` for each of `children` (directory names such as
 /// `ocdbt.process_0`). A key present in two children is an error naming
@@ -28,7 +39,7 @@ pub async fn merge_databases(
     prefix: &str,
     children: &[String],
     options: WriterOptions,
-) -> Result<WriteSummary, OcdbtError> {
+) -> Result<MergeSummary, OcdbtError> {
     let prefix = prefix.trim_end_matches('/');
     let mut writer = DatabaseWriter::create(store.clone(), prefix, options).await?;
     let mut owner: HashMap<Box<[u8]>, usize> = HashMap::new();
@@ -60,5 +71,6 @@ pub async fn merge_databases(
             }
         }
     }
-    writer.finish().await
+    let written = writer.finish().await?;
+    Ok(MergeSummary { written, keys: owner.into_keys().collect() })
 }

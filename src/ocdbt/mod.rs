@@ -40,6 +40,6 @@ mod writer;
 pub use database::{Database, Limits, ValueRef};
 pub use error::OcdbtError;
 pub use manifest::{Compression, Config, ManifestKind};
-pub use merge::merge_databases;
+pub use merge::{merge_databases, MergeSummary};
 pub use version_tree::{Statistics, VersionInfo};
 pub use writer::{DatabaseWriter, WriteSummary, WriterOptions};

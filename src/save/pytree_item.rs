@@ -16,7 +16,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::metadata::{Sharding, ShardingFile};
 use crate::multiprocess::regions_written_by;
-use crate::ocdbt::{merge_databases, Database, DatabaseWriter, WriterOptions};
+use crate::ocdbt::{merge_databases, DatabaseWriter, WriterOptions};
 use crate::pyjson::{to_string, JsonStyle};
 use crate::python_repr::repr_str_tuple;
 use crate::pytree::{num_elements, Array, KeyEntry, KeyPath, PyTree};
@@ -487,9 +487,8 @@ pub(super) async fn finish_shared(
     }
     let present: HashSet<String> = if options.use_ocdbt {
         let children: Vec<String> = (0..process_count).map(process_database).collect();
-        merge_databases(store.clone(), dir, &children, writer_options(options)).await?;
-        let db = Database::open(store.clone(), dir).await?;
-        let present: HashSet<String> = db.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+        let merged = merge_databases(store.clone(), dir, &children, writer_options(options)).await?;
+        let present: HashSet<String> = merged.keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
         // Keys of no array of this item: the processes disagree on the tree.
         if let Some(key) = present.iter().filter(|k| !expected.contains(*k)).min() {
             return Err(Error::InvalidArgument(format!(
