@@ -2,11 +2,14 @@
 //! `LocalFileSystem`, and processes that never arrive (the others must time
 //! out naming them, not hang).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orbax::multiprocess::{CoordinationError, Coordinator, StorageCoordinator};
 use orbax::storage::{InMemory, LocalFileSystem, Storage};
+use support::run_children;
 
 /// Runs barrier `name` in processes `present` of `count` concurrently (on tokio tasks over threads).
 async fn run_barrier(
@@ -132,29 +135,10 @@ fn local_fs_barrier_across_os_processes() {
         }
         return;
     }
-    let exe = std::env::current_exe().unwrap();
     let run = |dir: &std::path::Path, present: &[usize], count: usize, timeout_ms: u64| -> Vec<String> {
-        let children: Vec<_> = present
-            .iter()
-            .map(|i| {
-                std::process::Command::new(&exe)
-                    .args(["--exact", "local_fs_barrier_across_os_processes", "--nocapture", "--test-threads=1"])
-                    .env(CHILD_ENV, format!("{},{i},{count},{timeout_ms}", dir.display()))
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        children
-            .into_iter()
-            .map(|child| {
-                let out = child.wait_with_output().unwrap();
-                assert!(out.status.success());
-                let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-                let at = stdout.find("RESULT: ").unwrap_or_else(|| panic!("child printed no result: {stdout}"));
-                stdout[at..].lines().next().unwrap().to_string()
-            })
-            .collect()
+        let specs: Vec<String> =
+            present.iter().map(|i| format!("{},{i},{count},{timeout_ms}", dir.display())).collect();
+        run_children("local_fs_barrier_across_os_processes", CHILD_ENV, &specs)
     };
     let all = tempfile::tempdir().unwrap();
     for line in run(all.path(), &[0, 1, 2, 3], 4, 60_000) {

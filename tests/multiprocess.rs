@@ -6,13 +6,14 @@
 //! never starts makes the others fail naming it, with nothing committed.
 
 mod mp_tree;
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mp_tree::{expected, tree_of, PROCESSES};
+use mp_tree::{assert_not_committed, expected, tree_of, PROCESSES};
 use orbax::location::{open_store, Backend, Location, LocationOptions};
 use orbax::metadata::{PartitionSpecEntry, Sharding};
 use orbax::multiprocess::{MultiProcess, StorageCoordinator};
@@ -21,6 +22,7 @@ use orbax::storage::remote::Service;
 use orbax::storage::{LocalFileSystem, Storage};
 use orbax::{Array, DType, KeyPath, LeafLayout, LoadOptions, PyTree, SaveOptions, ShardedLoad, StorageOptions};
 use serde_json::Value;
+use support::{orbax_python, run_children};
 
 /// Selects child mode: `<store>|<path>|<index>|<run>|<timeout ms>`, where
 /// `<store>` is `dir:<directory>` or `s3-<backend>:<endpoint>`.
@@ -75,28 +77,8 @@ fn child(spec: &str) {
 /// Runs processes `present` of the save in child processes of `test`; returns their RESULT lines.
 fn save_in_processes(test: &str, store: &str, path: &str, present: &[usize], timeout_ms: u64) -> Vec<String> {
     let run = format!("{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = present
-        .iter()
-        .map(|i| {
-            Command::new(&exe)
-                .args(["--exact", test, "--nocapture", "--test-threads=1"])
-                .env(CHILD_ENV, format!("{store}|{path}|{i}|{run}|{timeout_ms}"))
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    children
-        .into_iter()
-        .map(|child| {
-            let out = child.wait_with_output().unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-            assert!(out.status.success(), "child failed: {stdout}");
-            let at = stdout.find("RESULT: ").unwrap_or_else(|| panic!("child printed no result: {stdout}"));
-            stdout[at..].lines().next().unwrap().to_string()
-        })
-        .collect()
+    let specs: Vec<String> = present.iter().map(|i| format!("{store}|{path}|{i}|{run}|{timeout_ms}")).collect();
+    run_children(test, CHILD_ENV, &specs)
 }
 
 /// The merged database references chunks in every process's database, and
@@ -149,17 +131,6 @@ fn check_resharded_reads(store: &Arc<dyn Storage>, path: &str) {
             let want = ShardedArray::from_array(&x, None, &[(shard.device, shard.region.clone())]).unwrap();
             assert_eq!(shard.data, want.shards()[0].data, "device {} of reader {reader}", shard.device);
         }
-    }
-}
-
-fn python() -> Option<std::ffi::OsString> {
-    match std::env::var_os("ORBAX_TS_PYTHON") {
-        None if std::env::var_os("CI").is_some() => panic!("CI must set ORBAX_TS_PYTHON (./test.sh does)"),
-        None => {
-            eprintln!("multiprocess: the real-Orbax check is NOT run (set ORBAX_TS_PYTHON)");
-            None
-        }
-        some => some,
     }
 }
 
@@ -221,7 +192,7 @@ fn four_os_processes_save_one_checkpoint_to_a_local_directory() {
     check_layout(&store, "ckpt");
     assert_eq!(block(orbax::load_pytree(&store, "ckpt", &LoadOptions::default())).unwrap(), expected());
     check_resharded_reads(&store, "ckpt");
-    if let Some(python) = python() {
+    if let Some(python) = orbax_python("multiprocess: the real-Orbax check") {
         check_orbax_reads(&python, &dir.path().join("ckpt"));
     }
 
@@ -236,8 +207,7 @@ fn four_os_processes_save_one_checkpoint_to_a_local_directory() {
     for line in &results {
         assert!(line.contains("timed out") && line.contains("waiting for processes [2]"), "{line}");
     }
-    let err = block(orbax::load_pytree(&store, "dead", &LoadOptions::default())).unwrap_err();
-    assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
+    block(assert_not_committed(&store, "dead"));
 }
 
 #[test]
@@ -279,7 +249,7 @@ fn four_os_processes_save_one_checkpoint_to_s3() {
             }
             store.delete_prefix(path.split('/').next().unwrap()).await.unwrap();
         });
-        if let Some(python) = python() {
+        if let Some(python) = orbax_python("multiprocess: the real-Orbax check") {
             check_orbax_reads(&python, &target);
         }
     }

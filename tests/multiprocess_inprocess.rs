@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod mp_tree;
 
-use mp_tree::{axis, expected, globals, tree_of, PROCESSES};
+use mp_tree::{assert_not_committed, axis, expected, globals, tree_of, PROCESSES};
 use orbax::metadata::{PartitionSpecEntry, Sharding};
 use orbax::multiprocess::{MultiProcess, StorageCoordinator};
 use orbax::sharded::{device_regions, ShardedArray};
@@ -97,8 +97,7 @@ async fn a_region_nobody_writes_fails_the_save_naming_the_array() {
         assert!(err.contains("barrier \"save-committed\": process 0 gave up: ckpt"), "{err}");
         assert!(err.contains("no process wrote x/c/6/0"), "{err}");
     }
-    let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
-    assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
+    assert_not_committed(&store, "ckpt").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,8 +122,7 @@ async fn processes_saving_different_trees_fail_the_save() {
         let err = result.as_ref().unwrap_err().to_string();
         assert!(err.contains("a process wrote zzz/c/2/0, which belongs to no array of process 0's tree"), "{err}");
     }
-    let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
-    assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
+    assert_not_committed(&store, "ckpt").await;
 }
 
 /// Keys of the OCDBT database at `prefix`.
@@ -276,6 +274,5 @@ async fn a_failing_process_fails_the_others_with_its_error() {
         let err = result.as_ref().unwrap_err().to_string();
         assert!(err.contains("barrier \"save-written\": process 3 gave up: ['x']: the shard of device 6"), "{err}");
     }
-    let err = orbax::load_pytree(&store, "ckpt", &LoadOptions::default()).await.unwrap_err();
-    assert!(matches!(err.kind(), orbax::ErrorKind::NotFound | orbax::ErrorKind::Uncommitted), "{err}");
+    assert_not_committed(&store, "ckpt").await;
 }

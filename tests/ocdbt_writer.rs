@@ -7,6 +7,8 @@
 //! SHA-256), so they can also be inspected by hand, e.g. with
 //! `ocdbt_decode.py list`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use orbax::storage::{InMemory, LocalFileSystem, PutMode, Storage};
 use orbax::ErrorKind;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use support::orbax_python;
 
 type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -325,21 +328,16 @@ async fn databases_round_trip_through_our_reader_and_tensorstore() {
     std::fs::write(root.join("cases.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     eprintln!("ocdbt_writer: our reader read back {} databases (local and in-memory)", cases.len());
 
-    match std::env::var_os("ORBAX_TS_PYTHON") {
-        // `./test.sh` (and so CI) always sets it; only a bare `cargo test` may run without it.
-        None if std::env::var_os("CI").is_some() => panic!("CI must set ORBAX_TS_PYTHON (./test.sh does)"),
-        None => eprintln!("ocdbt_writer: TensorStore check NOT run (set ORBAX_TS_PYTHON to a python with tensorstore)"),
-        Some(python) => {
-            let output = std::process::Command::new(&python)
-                .args(["-c", TENSORSTORE_CHECK])
-                .arg(&root)
-                .output()
-                .expect("run ORBAX_TS_PYTHON");
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(output.status.success(), "TensorStore check failed:\n{stdout}\n{stderr}");
-            eprintln!("ocdbt_writer: TensorStore read every database: {}", stdout.trim());
-        }
+    if let Some(python) = orbax_python("ocdbt_writer: the TensorStore check") {
+        let output = std::process::Command::new(&python)
+            .args(["-c", TENSORSTORE_CHECK])
+            .arg(&root)
+            .output()
+            .expect("run ORBAX_TS_PYTHON");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "TensorStore check failed:\n{stdout}\n{stderr}");
+        eprintln!("ocdbt_writer: TensorStore read every database: {}", stdout.trim());
     }
 }
 

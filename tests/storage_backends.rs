@@ -10,6 +10,8 @@
 //! the battery saves and loads checkpoints, and the core already depends on
 //! both backend crates; a dev-dependency cycle would build the core twice.
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use orbax::storage::battery::{run_with, BatteryOptions};
 use orbax::storage::remote::Service;
 use orbax::storage::{PutMode, Storage};
 use orbax::{Array, DType, LoadOptions, PyTree, SaveOptions, Scalar};
+use support::orbax_python;
 
 /// The endpoint of a local test server, or `None` outside `./test.sh`
 /// (CI always runs through it, so there a missing server is a failure).
@@ -270,11 +273,7 @@ async fn real_orbax_reads_what_we_wrote_to_each_server() {
         store.delete_prefix(&key).await.unwrap();
         paths.push(target);
     }
-    let python = match std::env::var_os("ORBAX_TS_PYTHON") {
-        Some(python) => python,
-        None if std::env::var_os("CI").is_some() => panic!("CI must set ORBAX_TS_PYTHON (./test.sh does)"),
-        None => return eprintln!("ORBAX_TS_PYTHON is not set: the real-Orbax check is NOT run"),
-    };
+    let Some(python) = orbax_python("storage_backends: the real-Orbax check") else { return };
     let output = std::process::Command::new(python)
         .args(["-c", ORBAX_LOAD])
         .args(&paths)

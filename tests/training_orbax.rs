@@ -3,6 +3,8 @@
 //! `training.Checkpointer` root written by Orbax are read and extended by
 //! our `Checkpointer`, then Orbax reads every step back.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -12,20 +14,9 @@ use orbax::training::preservation::{AnyPreservation, BestN, CustomSteps, LatestN
 use orbax::training::{Checkpointer, CheckpointerOptions, StepNameFormat, StepSave};
 use orbax::{Array, Checkpointable, DType, LoadOptions, PyTree};
 use serde_json::{json, Value};
+use support::orbax_python;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/training_orbax/roots.py");
-
-fn python() -> Option<std::ffi::OsString> {
-    match std::env::var_os("ORBAX_TS_PYTHON") {
-        // `./test.sh` (and so CI) always sets it; only a bare `cargo test` may run without it.
-        None if std::env::var_os("CI").is_some() => panic!("CI must set ORBAX_TS_PYTHON (./test.sh does)"),
-        None => {
-            eprintln!("training_orbax: NOT run (set ORBAX_TS_PYTHON to a python with orbax-checkpoint)");
-            None
-        }
-        some => some,
-    }
-}
 
 fn orbax_py(python: &std::ffi::OsStr, mode: &str, root: &Path) -> Value {
     let output = Command::new(python).arg(SCRIPT).arg(mode).arg(root).output().expect("run ORBAX_TS_PYTHON");
@@ -50,7 +41,7 @@ fn tree(step: u64) -> PyTree {
 
 #[test]
 fn orbax_checkpoint_manager_root_is_read_extended_and_read_back() {
-    let Some(python) = python() else { return };
+    let Some(python) = orbax_python("training_orbax") else { return };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("m");
     orbax_py(&python, "write_manager", &root);
@@ -86,7 +77,7 @@ fn orbax_checkpoint_manager_root_is_read_extended_and_read_back() {
 
 #[test]
 fn orbax_training_checkpointer_root_is_read_extended_and_read_back() {
-    let Some(python) = python() else { return };
+    let Some(python) = orbax_python("training_orbax") else { return };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
     orbax_py(&python, "write_training", &root);

@@ -3,9 +3,12 @@
 
 #![allow(dead_code)] // each test target uses part of it
 
+use std::sync::Arc;
+
 use orbax::metadata::{PartitionSpecEntry, Sharding};
 use orbax::sharded::{device_regions, ShardedArray};
-use orbax::{Array, DType, PyTree};
+use orbax::storage::Storage;
+use orbax::{Array, DType, ErrorKind, LoadOptions, PyTree};
 
 /// The number of processes.
 pub const PROCESSES: usize = 4;
@@ -71,4 +74,11 @@ pub fn expected() -> PyTree {
     leaves.push(("n".into(), PyTree::Scalar(9i64.into())));
     leaves.push(("s".into(), PyTree::String("four processes".into())));
     PyTree::Dict(leaves)
+}
+
+/// Asserts that nothing at `path` loads as a checkpoint (a failed save left
+/// nothing, or only an unfinished save).
+pub async fn assert_not_committed(store: &Arc<dyn Storage>, path: &str) {
+    let err = orbax::load_pytree(store, path, &LoadOptions::default()).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::NotFound | ErrorKind::Uncommitted), "{err}");
 }
