@@ -91,6 +91,11 @@ impl CoordinationError {
     }
 }
 
+/// Wraps a storage failure during barrier `name`.
+fn storage_error(name: &str) -> impl Fn(StorageError) -> CoordinationError + Copy + '_ {
+    move |source| CoordinationError::Storage { name: name.to_string(), source }
+}
+
 /// Synchronises the processes of one multi-process save.
 ///
 /// Implementations must make [`Coordinator::barrier`] return `Ok` in a process
@@ -161,7 +166,7 @@ impl StorageCoordinator {
 
     /// Deletes the markers of every barrier whose name is `name` (whatever its number).
     pub async fn remove(&self, name: &str) -> Result<(), CoordinationError> {
-        let storage = |source| CoordinationError::Storage { name: name.to_string(), source };
+        let storage = storage_error(name);
         let listed = self.store.list_with_delimiter(&self.prefix).await.map_err(storage)?;
         for dir in listed.prefixes {
             let numbered = dir.rsplit('/').next().and_then(|last| last.split_once('-'));
@@ -183,7 +188,7 @@ impl StorageCoordinator {
     /// The processes whose markers are not yet in `dir`, the directory of
     /// barrier `name`; an error if one of them gave up there.
     async fn missing(&self, name: &str, dir: &str) -> Result<Vec<usize>, CoordinationError> {
-        let storage = |source| CoordinationError::Storage { name: name.to_string(), source };
+        let storage = storage_error(name);
         let listed = self.store.list(dir).await.map_err(storage)?;
         let mut arrived = vec![false; self.count];
         for meta in listed {
@@ -227,7 +232,7 @@ impl Coordinator for StorageCoordinator {
             Err(StorageError::AlreadyExists { .. }) => {
                 return Err(CoordinationError::Reused { name: name.to_string(), index: self.index, key })
             }
-            Err(source) => return Err(CoordinationError::Storage { name: name.to_string(), source }),
+            Err(source) => return Err(storage_error(name)(source)),
         }
         let start = Instant::now();
         let mut poll = Self::MIN_POLL;
@@ -236,10 +241,7 @@ impl Coordinator for StorageCoordinator {
             if missing.is_empty() {
                 if let Some(previous) = previous {
                     let own = format!("{previous}process_{}", self.index);
-                    self.store
-                        .delete(&own)
-                        .await
-                        .map_err(|source| CoordinationError::Storage { name: name.to_string(), source })?;
+                    self.store.delete(&own).await.map_err(storage_error(name))?;
                 }
                 self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).0 = Some(dir);
                 return Ok(());
@@ -263,9 +265,6 @@ impl Coordinator for StorageCoordinator {
         let (_, dir) = self.next_barrier(name);
         let key = format!("{dir}aborted_{}", self.index);
         let reason = Bytes::from(reason.to_string());
-        self.store
-            .put(&key, reason, PutMode::Overwrite)
-            .await
-            .map_err(|source| CoordinationError::Storage { name: name.to_string(), source })
+        self.store.put(&key, reason, PutMode::Overwrite).await.map_err(storage_error(name))
     }
 }
